@@ -1,0 +1,120 @@
+"""Command line: `pvgen check`, `pvgen fmt`, `pvgen dump`."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pvgen import __version__
+from pvgen.check import check
+from pvgen.diagnostics import Diagnostics, render_all
+from pvgen.dump import to_json
+from pvgen.fmt import format_tree
+from pvgen.ir import Spec
+from pvgen.loader import LoadedSpec, expand_paths, load
+from pvgen.parser import parse_text
+from pvgen.writer import write_if_changed
+
+EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE = 0, 1, 2
+DEFAULT_SPEC = "spec"
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pvgen", description="Compile a .pvspec paravirt_ops specification.")
+    parser.add_argument("--version", action="version", version=f"pvgen {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check_cmd = commands.add_parser("check", help="check the spec and report every error")
+    check_cmd.add_argument("paths", nargs="*", metavar="PATH", help="spec files or directories (default: spec)")
+    fmt_cmd = commands.add_parser("fmt", help="rewrite spec files in canonical form")
+    fmt_cmd.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is not canonical")
+    fmt_cmd.add_argument("paths", nargs="*", metavar="PATH")
+    dump_cmd = commands.add_parser("dump", help="print the checked IR")
+    dump_cmd.add_argument("--json", action="store_true", required=True, help="as JSON (docs/ir-json.md)")
+    dump_cmd.add_argument("paths", nargs="*", metavar="PATH")
+    return parser
+
+
+def _files(paths: Sequence[str]) -> list[Path]:
+    found, missing = expand_paths(paths or [DEFAULT_SPEC])
+    if missing:
+        raise _UsageError(f"no such file or directory: {', '.join(missing)}")
+    if not found:
+        raise _UsageError(f"no .pvspec files in: {', '.join(paths or [DEFAULT_SPEC])}")
+    return found
+
+
+def load_and_check(paths: Sequence[str]) -> tuple[Spec | None, LoadedSpec, Diagnostics]:
+    """Loads and checks; the spec is None when there were errors."""
+    diagnostics = Diagnostics()
+    loaded = load(_files(paths), diagnostics)
+    spec = check(loaded, diagnostics) if not diagnostics else None
+    if spec is None and not diagnostics and loaded.trees:  # pragma: no cover - a checker bug
+        raise AssertionError("checker returned no IR and no error")
+    return spec, loaded, diagnostics
+
+
+def _report(loaded: LoadedSpec, diagnostics: Diagnostics) -> None:
+    sys.stderr.write(render_all(diagnostics.sorted(), loaded.files))
+
+
+def _check(args: argparse.Namespace) -> int:
+    spec, loaded, diagnostics = load_and_check(args.paths)
+    if spec is None:
+        _report(loaded, diagnostics)
+        return EXIT_SPEC_ERROR
+    return EXIT_OK
+
+
+def _dump(args: argparse.Namespace) -> int:
+    spec, loaded, diagnostics = load_and_check(args.paths)
+    if spec is None:
+        _report(loaded, diagnostics)
+        return EXIT_SPEC_ERROR
+    sys.stdout.write(to_json(spec))
+    return EXIT_OK
+
+
+def _fmt(args: argparse.Namespace) -> int:
+    diagnostics = Diagnostics()
+    loaded = load(_files(args.paths), diagnostics)
+    if diagnostics:
+        _report(loaded, diagnostics)
+        return EXIT_SPEC_ERROR
+    unformatted = []
+    for tree in loaded.trees:
+        text = loaded.files[tree.path].text
+        formatted = format_tree(tree)
+        reparsed, error = parse_text(tree.path, formatted)
+        if error is not None or reparsed is None:  # pragma: no cover - a formatter bug
+            sys.stderr.write(f"{tree.path}: internal error: formatting would not parse back\n")
+            return EXIT_SPEC_ERROR
+        if formatted == text:
+            continue
+        unformatted.append(tree.path)
+        if not args.check:
+            write_if_changed(Path(tree.path), formatted)
+    for path in unformatted:
+        print(f"{'would reformat' if args.check else 'reformatted'} {path}")
+    return EXIT_SPEC_ERROR if (args.check and unformatted) else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # The run builds many small, long-lived objects and frees almost none: the cyclic
+    # collector would only rescan them (a third of the time on a 10,000-op spec).
+    gc.disable()
+    args = _parser().parse_args(argv)
+    handlers = {"check": _check, "fmt": _fmt, "dump": _dump}
+    try:
+        return handlers[args.command](args)
+    except _UsageError as error:
+        sys.stderr.write(f"pvgen: error: {error}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
