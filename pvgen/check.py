@@ -41,6 +41,7 @@ MACRO_KINDS = ("clobbers", "gr", "kr", "pr")
 MACRO_ROLES = ("clobber", "in", "out")
 EXECUTIONS = ("bare", "hvm", "pv")
 DETECT_METHODS = ("boot_entry", "cpuid", "default")
+IMPL_CALL_PRESERVING = "call+callee_save"  # parsed form only; the IR says call, preserves_registers
 _PARAM_REFERENCE = re.compile(r"\\([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -84,11 +85,12 @@ class Checker:
             return None
         return values[0]
 
-    def _unique(self, what: str, items: Iterable[tuple[str, SourceSpan]]) -> None:
+    def _unique(self, what: str, items: Iterable[tuple[str, SourceSpan]], where: str = "") -> None:
         first: dict[str, SourceSpan] = {}
+        place = f" {where}" if where else ""
         for name, span in items:
             if name in first:
-                self.error(span, f"duplicate {what} '{name}'", Note("first defined here", first[name]))
+                self.error(span, f"duplicate {what} '{name}'{place}", Note("first defined here", first[name]))
             else:
                 first[name] = span
 
@@ -389,7 +391,7 @@ class Checker:
             arch = _property_name(entry, "arch")
             if name is None or arch is None or arch not in self.arches:
                 continue
-            seen.append((f"{arch}.{name.value}", name.span))
+            seen.append((f"{name.value}' on '{arch}", name.span))
             if (arch, str(name.value)) not in self.group_entries:
                 self.group_entries[(arch, str(name.value))] = entry
                 self.group_names.setdefault(arch, []).append(str(name.value))
@@ -421,7 +423,7 @@ class Checker:
                 field = self._data(member, arch, name.text, override is not None)
                 if field:
                     data.append(field)
-        self._unique(f"member of group '{name.text}'", [(m.name, m.span) for m in [*ops, *data]])
+        self._unique("member", [(m.name, m.span) for m in [*ops, *data]], f"in group '{name.text}'")
         return ir.Group(
             name=name.text,
             arch=arch.name,
@@ -544,7 +546,7 @@ class Checker:
             self.error(patch_type.span, f"{arch.name} numbers ops by their slot in its template; remove 'patch_type'")
         if patch_type is None and not arch.template and category_name != ir.INDIRECT:
             self.error(name.span, f"patchable op '{name.text}' on {arch.name} needs a 'patch_type'")
-        context = _OpContext(arch, f"op '{group}.{name.text}'", category_name, returns, params, override)
+        context = _OpContext(arch, f"op '{group}.{name.text}'", category_name, returns, params, override, callee_save)
         impls = self._impls(block.dynamic, context, name.span)
         variants = [v for m in block.members if (v := self._variant(m, context, patch_type))]
         self._unique(f"variant of op '{name.text}'", [(v.name, v.span) for v in variants])
@@ -598,7 +600,7 @@ class Checker:
     def _impl_line(self, entry: Entry, context: _OpContext) -> tuple[str, str | None] | None:
         """(kind, text) of `xen call xen_irq_disable;` and the like."""
         values = entry.values
-        usage = "an implementation is 'asm \"TEXT\"', 'call SYMBOL', 'nop', 'identity' or 'native'"
+        usage = "an implementation is 'asm \"TEXT\"', 'call SYMBOL [callee_save]', 'nop', 'identity' or 'native'"
         if entry.params is not None or len(entry.groups) != 1:
             self.error(entry.span, usage)
             return None
@@ -614,6 +616,17 @@ class Checker:
             return ir.IMPL_ASM, text
         if kind.value == ir.IMPL_CALL and [v.kind for v in rest] == ["name"]:
             return ir.IMPL_CALL, str(rest[0].value)
+        if kind.value == ir.IMPL_CALL and [v.kind for v in rest] == ["name", "name"]:
+            if rest[1].value != "callee_save":
+                self.error(rest[1].span, f"unknown call option '{rest[1].text}'; expected one of: callee_save")
+                return None
+            if not context.callee_save:
+                self.error(
+                    rest[1].span,
+                    f"'callee_save' on a call only matters for callee_save ops, and {context.what} is not one",
+                )
+                return None
+            return IMPL_CALL_PRESERVING, str(rest[0].value)
         if kind.value in (ir.IMPL_NOP, ir.IMPL_IDENTITY, ir.IMPL_NATIVE) and not rest:
             return str(kind.value), None
         self.error(entry.span, usage)
@@ -649,7 +662,8 @@ class Checker:
                 ok = False
         native = declared.get(ir.NATIVE)
         if native is None:
-            self.error(name_span, f"{context.what} has no native implementation on {arch.name}")
+            if not any(line.keyword == ir.NATIVE for line in lines):  # else already reported
+                self.error(name_span, f"{context.what} has no native implementation on {arch.name}")
             return None
         if native[1][0] == ir.IMPL_NATIVE:
             self.error(native[0].keyword_span, "'native native' says nothing; give the native implementation")
@@ -660,9 +674,9 @@ class Checker:
             if hypervisor in declared:
                 line, (kind, text) = declared[hypervisor]
                 if kind == ir.IMPL_NATIVE:
-                    impls.append(ir.Impl(hypervisor, native_kind, native_text, native[0].span, "native"))
+                    impls.append(_impl(hypervisor, native_kind, native_text, native[0].span, "native"))
                 else:
-                    impls.append(ir.Impl(hypervisor, kind, text, line.span, "declared"))
+                    impls.append(_impl(hypervisor, kind, text, line.span, "declared"))
                 continue
             if context.override and hypervisor != ir.NATIVE:
                 self.error(
@@ -672,7 +686,7 @@ class Checker:
                 )
                 ok = False
                 continue
-            impls.append(ir.Impl(hypervisor, native_kind, native_text, native[0].span, "fallback"))
+            impls.append(_impl(hypervisor, native_kind, native_text, native[0].span, "fallback"))
         return tuple(impls) if ok else None
 
     def _impl_fits(self, line: Entry, parsed: tuple[str, str | None], context: _OpContext) -> bool:
@@ -706,14 +720,7 @@ class Checker:
             return None
         hypervisors = sorted(self.hypervisors)
         block = Block(entry, f"variant '{values[0].text}'", self.diagnostics, (), dynamic=hypervisors)
-        sub = _OpContext(
-            context.arch,
-            f"variant '{values[0].text}' of {context.what}",
-            context.category,
-            context.returns,
-            context.params,
-            False,
-        )
+        sub = attrs.evolve(context, what=f"variant '{values[0].text}' of {context.what}", override=False)
         impls = self._impls(block.dynamic, sub, values[0].span)
         if impls is None:
             return None
@@ -734,7 +741,9 @@ class Checker:
         block = Block(entry, f"data '{group}.{name.text}'", self.diagnostics, (), dynamic=sorted(self.hypervisors))
         supported = self._hypervisors_of(arch.name)
         given: dict[str, tuple[Entry, int | str | bool]] = {}
+        rejected: set[str] = set()
         for line in block.dynamic:
+            rejected.add(line.keyword)
             values = line.values
             if line.keyword not in supported:
                 self.error(line.keyword_span, f"hypervisor '{line.keyword}' does not run on {arch.name}")
@@ -764,9 +773,16 @@ class Checker:
                         values[0].span, f"data '{name.text}' has type '{field_type.text}'; this value does not fit it"
                     )
                     continue
+            if field_type is not None and field_type.kind == "integer" and values[0].kind == "int":
+                bits = 8 * field_type.size
+                if not -(1 << (bits - 1)) <= int(value) < (1 << bits):
+                    size = f"{field_type.size} byte{'s' if field_type.size != 1 else ''}"
+                    self.error(values[0].span, f"value {values[0].text} does not fit '{field_type.text}' ({size})")
+                    continue
             given[line.keyword] = (line, value)
         if ir.NATIVE not in given:
-            self.error(name.span, f"data '{group}.{name.text}' has no native value")
+            if ir.NATIVE not in rejected:
+                self.error(name.span, f"data '{group}.{name.text}' has no native value")
             return None
         values_out = []
         for hypervisor in supported:
@@ -784,6 +800,8 @@ class Checker:
     def _check_templates(self, groups: list[ir.Group]) -> None:
         declared = {(g.arch, g.name) for g in groups}
         for arch in self.arches.values():
+            if not self.group_names.get(arch.name):
+                continue  # no group of that arch is part of this run
             for name in arch.template:
                 if (arch.name, name) not in declared and (arch.name, name) not in self.group_entries:
                     allowed = sorted(n for a, n in self.group_entries if a == arch.name)
@@ -874,7 +892,7 @@ class Checker:
                 self.via_targets.add((arch.name, via_name))
         supported = self._hypervisors_of(arch.name)
         declared: dict[str, tuple[Entry, str | None]] = {}
-        param_names = {p.name for p in params}
+        param_names = {str(p.words[0].value) for p in entry.params or () if p.words}
         for line in block.dynamic:
             if line.keyword not in supported:
                 self.error(line.keyword_span, f"hypervisor '{line.keyword}' does not run on {arch.name}")
@@ -887,15 +905,18 @@ class Checker:
                 )
                 continue
             kinds = [v.kind for v in line.values]
+            words = [v.value for v in line.values]
             if (
                 line.params is not None
                 or kinds not in (["name", "string"], ["name"])
-                or line.values[0].value not in ("asm", "native")
-                or (kinds == ["name", "string"]) != (line.values[0].value == "asm")
+                or (words[0] not in ("asm", "native", "nop") or (len(words) == 2) != (words[0] == "asm"))
             ):
-                self.error(line.span, "a macro expansion is 'asm \"TEXT\"' or 'native'")
+                self.error(line.span, "a macro expansion is 'asm \"TEXT\"', 'nop' (expands to nothing) or 'native'")
                 continue
-            text = str(line.values[1].value) if kinds == ["name", "string"] else None
+            if words[0] == "asm" and not str(words[1]).strip():
+                self.error(line.values[1].span, "an empty expansion is written 'nop'")
+                continue
+            text = str(words[1]) if words[0] == "asm" else ("" if words[0] == "nop" else None)
             if text is not None:
                 for match in _PARAM_REFERENCE.finditer(text):
                     if match.group(1) not in param_names:
@@ -1125,18 +1146,23 @@ class Checker:
         return placed
 
 
+@attrs.frozen
 class _OpContext:
     """What implementation checks need to know about the op they belong to."""
 
-    def __init__(
-        self, arch: ir.Arch, what: str, category: str, returns: ir.CType, params: list[ir.Param], override: bool
-    ) -> None:
-        self.arch = arch
-        self.what = what
-        self.category = category
-        self.returns = returns
-        self.params = params
-        self.override = override
+    arch: ir.Arch
+    what: str
+    category: str
+    returns: ir.CType
+    params: list[ir.Param]
+    override: bool
+    callee_save: bool
+
+
+def _impl(hypervisor: str, kind: str, text: str | None, span: SourceSpan, source: str) -> ir.Impl:
+    if kind == IMPL_CALL_PRESERVING:
+        return ir.Impl(hypervisor, ir.IMPL_CALL, text, span, source, preserves_registers=True)
+    return ir.Impl(hypervisor, kind, text, span, source)
 
 
 def _name(entry: Entry) -> Value | None:

@@ -47,6 +47,7 @@ class _Printer:
         self.comment_lines = [c.span.line for c in self.comments]
         self.used: set[int] = set()
         self.lines: list[str] = []
+        self.last_line: int | None = None  # source line of what was printed last, at this level
 
     def _take_comments(self, before_line: int) -> list[Comment]:
         """Unprinted comments that start before the given line."""
@@ -62,59 +63,49 @@ class _Printer:
             return self.comments[index]
         return None
 
-    def _emit_leading(self, entry_line: int, indent: str, previous_end: int | None) -> None:
-        comments = self._take_comments(entry_line)
-        last_line = previous_end
-        for comment in comments:
-            if last_line is not None and comment.span.line - last_line > 1 and self.lines and self.lines[-1] != "":
-                self.lines.append("")
-            self.lines.append(indent + comment.text.rstrip())
-            last_line = comment.span.line
+    def _blank_if_gap(self, line: int) -> None:
+        """Keeps one blank line where the source had at least one (never at a block start)."""
+        if self.last_line is not None and line - self.last_line > 1 and self.lines and self.lines[-1] != "":
+            self.lines.append("")
 
-    def entries(self, entries: tuple[Entry, ...], indent: str, block_start: int | None) -> None:
-        previous_end = block_start
-        for position, entry in enumerate(entries):
-            first_line = entry.span.line
-            leading_line = first_line
-            pending = [c for i, c in enumerate(self.comments) if i not in self.used and c.span.line < first_line]
-            if pending:
-                leading_line = pending[0].span.line
-            if previous_end is not None and position > 0 and leading_line - previous_end > 1:
-                self.lines.append("")
-            elif position > 0 and entry.is_block and entries[position - 1].keyword != entry.keyword:
-                self.lines.append("")
-            self._emit_leading(first_line, indent, previous_end if position > 0 else None)
+    def _emit_leading(self, entry_line: int, indent: str) -> None:
+        for comment in self._take_comments(entry_line):
+            self._blank_if_gap(comment.span.line)
+            self.lines.append(indent + comment.text.rstrip())
+            self.last_line = comment.span.end_line
+
+    def entries(self, entries: tuple[Entry, ...], indent: str) -> None:
+        for entry in entries:
+            self._emit_leading(entry.span.line, indent)
+            self._blank_if_gap(entry.span.line)
             self.entry(entry, indent)
-            previous_end = entry.span.end_line
+            self.last_line = entry.span.end_line
 
     def _header(self, entry: Entry, indent: str) -> str:
+        pieces = [_words(group, indent) for group in entry.groups]
         head = entry.keyword
-        groups = [_words(group, indent) for group in entry.groups]
-        params = None
-        if entry.params is not None:
-            params = "(" + ", ".join(_param(p, indent) for p in entry.params) + ")"
-        if groups:
-            joined = ", ".join(groups)
-            candidate = indent + head + " " + joined + (params or "")
-            if len(candidate) > WIDTH and len(groups) > 1 and params is None:
-                return self._wrapped(indent, head, groups)
-            head += " " + joined
-        if params is not None:
-            head += params
-        return indent + head
+        if entry.params is None:
+            return self._wrapped(indent, head + " ", pieces, "")
+        params = [_param(p, indent) for p in entry.params]
+        if pieces:
+            head += " " + ", ".join(pieces)
+        return self._wrapped(indent, head + "(", params, ")", INDENT * 2)
 
-    def _wrapped(self, indent: str, head: str, groups: list[str]) -> str:
+    def _wrapped(self, indent: str, head: str, pieces: list[str], close: str, hang: str = INDENT) -> str:
+        """`head` then the comma-separated pieces, wrapped before WIDTH with one extra indent."""
+        single = indent + head + ", ".join(pieces) + close
+        if len(single) <= WIDTH or len(pieces) < 2:
+            return single.rstrip()
         lines = [indent + head]
-        for index, group in enumerate(groups):
-            piece = group + ("," if index < len(groups) - 1 else "")
+        for index, piece in enumerate(pieces):
+            piece += "," if index < len(pieces) - 1 else close
             current = lines[-1]
-            starts_line = current == indent + head
-            if len(current) + 1 + len(piece) <= WIDTH:
-                lines[-1] = current + " " + piece
-            elif starts_line:
-                lines[-1] = current + " " + piece
+            fresh = current in (indent + head, indent + hang)
+            separator = "" if current.endswith(("(", " ")) else " "
+            if fresh or len(current) + len(separator) + len(piece) <= WIDTH:
+                lines[-1] = current + separator + piece
             else:
-                lines.append(indent + INDENT * 2 + piece)
+                lines.append(indent + hang + piece)
         return "\n".join(lines)
 
     def entry(self, entry: Entry, indent: str) -> None:
@@ -126,9 +117,12 @@ class _Printer:
             self._attach_trailing(entry.span.end_line)
             return
         self.lines.append(header + " {")
-        self._attach_trailing(entry.keyword_span.line)
-        self.entries(entry.children, indent + INDENT, entry.keyword_span.line)
-        self._emit_leading(entry.span.end_line, indent + INDENT, None)
+        children = entry.children
+        if not children or children[0].span.line != entry.keyword_span.line:
+            self._attach_trailing(entry.keyword_span.line)
+        self.last_line = None
+        self.entries(entry.children, indent + INDENT)
+        self._emit_leading(entry.span.end_line, indent + INDENT)
         self.lines.append(indent + "}")
         self._attach_trailing(entry.span.end_line)
 
@@ -141,7 +135,7 @@ class _Printer:
 def format_tree(tree: SyntaxFile) -> str:
     """The canonical text of a parsed file."""
     printer = _Printer(tree)
-    printer.entries(tree.entries, "", None)
+    printer.entries(tree.entries, "")
     leftovers = [c for i, c in enumerate(printer.comments) if i not in printer.used]
     if leftovers:
         if printer.lines:

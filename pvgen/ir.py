@@ -108,6 +108,9 @@ class Impl:
     text: str | None  # asm text or called symbol
     span: SourceSpan  # where it is written (the native line for a fallback)
     source: str  # "declared" | "native" (written `native`) | "fallback" (no line)
+    # For a `call` of a callee_save op: the target itself keeps every register but the
+    # return register (Linux's __PV_IS_CALLEE_SAVE); otherwise a thunk must save them.
+    preserves_registers: bool = False
 
 
 @attrs.frozen

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import lark
 from lark import Lark, Token, Transformer
 from lark.lexer import Lexer
+from lark.parsers.lalr_analysis import Shift
 
 from pvgen.diagnostics import Diagnostic
 from pvgen.source import SourceSpan
@@ -19,28 +20,45 @@ from pvgen.syntax import Comment, Entry, Param, SyntaxFile, Value
 
 # Terminal names as a spec author would say them.
 _TERMINAL_WORDS = {
-    "NAME": "a name",
-    "INT": "an integer",
-    "STRING": "a string",
-    "LONG_STRING": "a string",
-    "STAR": "'*'",
+    "WORDS": "a name",
     "DOC": "a doc comment",
-    "LBRACE": "'{'",
     "SEMI": "';'",
+    "LBRACE": "'{'",
     "RBRACE": "'}'",
     "LPAR": "'('",
     "RPAR": "')'",
-    "SEMICOLON": "';'",
     "COMMA": "','",
     "COLON": "':'",
     "$END": "end of file",
 }
+_PREFERENCE = ["SEMI", "LBRACE", "RBRACE", "LPAR", "RPAR", "COMMA", "COLON", "WORDS", "DOC"]
 
+_TOKEN = re.compile(
+    r"""[ \t\r\n\f]*(?:
+     (?P<DOC>///[^\n]*)
+    |(?P<COMMENT>//[^\n]*)
+    |(?P<LONG>\"\"\"(?:.|\n)*?\"\"\")
+    |(?P<STRING>"(?:\\.|[^"\\\n])*")
+    |(?P<INT>-?(?:0[xX][0-9a-fA-F]+|[0-9]+)(?![A-Za-z0-9_.]))
+    |(?P<NAME>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+    |(?P<STAR>\*)
+    |(?P<PUNCT>[{}();,:])
+    |(?P<EOF>\Z))""",
+    re.VERBOSE,
+)
+_PUNCTUATION = {"{": "LBRACE", "}": "RBRACE", "(": "LPAR", ")": "RPAR", ";": "SEMI", ",": "COMMA", ":": "COLON"}
+_VALUE_KINDS = {"NAME": "name", "INT": "int", "STRING": "string", "LONG": "string", "STAR": "star"}
 _ESCAPE = re.compile(r'\\([\\"])')
+_new_str = str.__new__
 
 
-def _span(path: str, token: Any) -> SourceSpan:
-    return SourceSpan(path, token.line, token.column, token.end_line, token.end_column)
+class SpecSyntaxError(Exception):
+    """A syntax error found while building an entry (after the LALR parser accepted the tokens)."""
+
+    def __init__(self, span: SourceSpan, message: str) -> None:
+        super().__init__(message)
+        self.span = span
+        self.message = message
 
 
 def decode_string(text: str) -> str:
@@ -53,80 +71,168 @@ def decode_string(text: str) -> str:
     return _ESCAPE.sub(r"\1", text[1:-1])
 
 
+class _Words(Token):
+    """A WORDS token: a run of values written side by side, already turned into Values."""
+
+    __slots__ = ("words",)
+    words: tuple[Value, ...]
+
+
+def _skip_space(data: str, pos: int) -> int:
+    while pos < len(data) and data[pos] in " \t\r\n\f":
+        pos += 1
+    return pos
+
+
+def _token(cls: type[Token], kind: str, text: str, pos: int, line: int, col: int, end_line: int, end_col: int) -> Any:
+    # Token.__new__ is slow (it handles deprecated arguments); fill the slots directly.
+    token = _new_str(cls, text)
+    token.type = kind
+    token.start_pos = pos
+    token.line = line
+    token.column = col
+    token.end_line = end_line
+    token.end_column = end_col
+    token.end_pos = pos + len(text)
+    return token
+
+
+class _SpecLexer(Lexer):
+    """A single-regex lexer for Lark's LALR parser.
+
+    Values written side by side become one WORDS token, which keeps the token count (and
+    so the parse time) low. Comments go to `sink`, so the formatter can put them back.
+    """
+
+    sink: ClassVar[list[Token]] = []  # the comments of the file being parsed (one parse at a time)
+    path: ClassVar[str] = ""
+
+    def __init__(self, lexer_conf: Any) -> None:
+        del lexer_conf
+
+    def lex(self, data: str) -> Iterator[Token]:  # type: ignore[override]
+        path = self.path
+        match_at = _TOKEN.match
+        line, line_start, pos = 1, 0, 0
+        words: list[Value] = []
+        first: tuple[int, int, int] | None = None  # pos, line, col of the pending WORDS token
+        count = data.count
+        while True:
+            match = match_at(data, pos)
+            kind = match.lastgroup if match is not None else None
+            if kind is None or kind == "EOF":
+                start = match.start() if kind else pos
+                gap_lines = count("\n", pos, start if kind else _skip_space(data, pos))
+                if gap_lines:
+                    line += gap_lines
+                    line_start = data.rfind("\n", pos, start if kind else _skip_space(data, pos)) + 1
+                if kind == "EOF":
+                    break
+                if words:
+                    yield self._words(words, first)
+                    words = []
+                bad = _skip_space(data, pos)
+                raise lark.exceptions.UnexpectedCharacters(data, bad, line, bad - line_start + 1)
+            pos = match.start(kind)
+            gap_lines = count("\n", match.start(), pos)
+            if gap_lines:
+                line += gap_lines
+                line_start = data.rfind("\n", 0, pos) + 1
+            text = match.group(kind)
+            next_pos = match.end()
+            col = pos - line_start + 1
+            newlines = text.count("\n") if kind == "LONG" else 0
+            end_line = line + newlines
+            end_col = (next_pos - (pos + text.rfind("\n"))) if newlines else col + len(text)
+            value_kind = _VALUE_KINDS.get(kind)
+            if value_kind is not None:
+                span = SourceSpan(path, line, col, end_line, end_col)
+                if value_kind == "name" or value_kind == "star":
+                    value: str | int = text
+                elif value_kind == "int":
+                    value = int(text, 0)
+                else:
+                    value = decode_string(text)
+                if not words:
+                    first = (pos, line, col)
+                words.append(Value(value_kind, text, value, span))
+            elif kind == "COMMENT":
+                self.sink.append(_token(Token, "COMMENT", text, pos, line, col, end_line, end_col))
+            else:
+                if words:
+                    yield self._words(words, first)
+                    words = []
+                token_kind = "DOC" if kind == "DOC" else _PUNCTUATION[text]
+                yield _token(Token, token_kind, text, pos, line, col, end_line, end_col)
+            if newlines:
+                line = end_line
+                line_start = pos + text.rfind("\n") + 1
+            pos = next_pos
+        if words:
+            yield self._words(words, first)
+
+    @staticmethod
+    def _words(words: list[Value], first: tuple[int, int, int] | None) -> Token:
+        assert first is not None
+        last = words[-1].span
+        token = _token(_Words, "WORDS", words[0].text, first[0], first[1], first[2], last.end_line, last.end_col)
+        token.words = tuple(words)
+        return token
+
+
 class _ToEntries(Transformer[Token, Any]):
-    """Builds syntax nodes while Lark parses (no intermediate parse tree)."""
+    """Builds syntax nodes at each LALR reduction (no intermediate parse tree)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.path = path
-
-    def _value(self, token: Token) -> Value:
-        kind = token.type
-        text = str(token)
-        span = SourceSpan(self.path, token.line, token.column, token.end_line, token.end_column)  # type: ignore[arg-type]
-        if kind == "NAME":
-            return Value("name", text, text, span)
-        if kind == "INT":
-            return Value("int", text, int(text, 0), span)
-        if kind == "STAR":
-            return Value("star", text, text, span)
-        return Value("string", text, decode_string(text), span)
+        self.path = ""
 
     def start(self, children: list[Entry]) -> tuple[Entry, ...]:
         return tuple(children)
 
-    def group(self, children: list[Token]) -> tuple[Value, ...]:
-        return tuple(map(self._value, children))
-
-    words = group
-
-    def groups(self, children: list[tuple[Value, ...]]) -> tuple[tuple[Value, ...], ...]:
-        return tuple(children)
-
     def param(self, children: list[Any]) -> Param:
-        words, annotation = children[0], children[1] or ()
-        last = (annotation or words)[-1]
-        return Param(words, annotation, words[0].span.to(last.span))
+        words: tuple[Value, ...] = children[0].words
+        annotation: tuple[Value, ...] = children[1].words if children[1] is not None else ()
+        return Param(words, annotation, words[0].span.to((annotation or words)[-1].span))
 
     def params(self, children: list[Param | None]) -> tuple[Param, ...]:
         return tuple(p for p in children if p is not None)
 
-    def header(self, children: list[Any]) -> tuple[Any, Any]:
-        if len(children) == 2:
-            return children[0], children[1]
-        if children and isinstance(children[0], tuple) and children[0] and isinstance(children[0][0], Param):
-            return (), children[0]
-        if children and children[0] == ():
-            return (), ()
-        return children[0], None
+    def semi(self, children: list[Token]) -> tuple[None, Token]:
+        return None, children[0]
 
-    def semi(self, children: list[Token]) -> tuple[None, SourceSpan]:
-        return None, _span(self.path, children[0])
-
-    def block(self, children: list[Any]) -> tuple[tuple[Entry, ...], SourceSpan]:
-        return tuple(children[1:-1]), _span(self.path, children[-1])
-
-    def DOC(self, token: Token) -> Token:
-        return token
+    def block(self, children: list[Any]) -> tuple[tuple[Entry, ...], Token]:
+        return tuple(children[1:-1]), children[-1]
 
     def entry(self, children: list[Any]) -> Entry:
-        docs = [c for c in children if isinstance(c, Token) and c.type == "DOC"]
-        rest = [c for c in children if not (isinstance(c, Token) and c.type == "DOC")]
-        keyword: Value = self._value(rest[0])
-        groups: tuple[tuple[Value, ...], ...] = ()
+        docs = []
+        index = 0
+        while children[index].type == "DOC":
+            docs.append(children[index])
+            index += 1
+        head: tuple[Value, ...] = children[index].words
+        keyword = head[0]
+        if keyword.kind != "name":
+            raise SpecSyntaxError(keyword.span, f"an entry starts with a name, not '{keyword.text}'")
+        groups = [head[1:]] if len(head) > 1 else []
         params: tuple[Param, ...] | None = None
-        if len(rest) == 3:
-            groups, params = rest[1]
-        body, end = rest[-1]
-        start = _span(self.path, docs[0]) if docs else keyword.span
+        for child in children[index + 1 : -1]:
+            if isinstance(child, Token):
+                if len(head) == 1 and not groups:
+                    raise SpecSyntaxError(keyword.span, f"a value is missing after '{keyword.text}', before ','")
+                groups.append(child.words)
+            else:
+                params = child
+        body, end = children[-1]
+        start_line, start_col = (docs[0].line, docs[0].column) if docs else (keyword.span.line, keyword.span.col)
         return Entry(
             docs=tuple(str(d)[3:].strip() for d in docs),
             keyword=str(keyword.value),
             keyword_span=keyword.span,
-            groups=groups,
+            groups=tuple(groups),
             params=params,
             children=body,
-            span=SourceSpan(self.path, start.line, start.col, end.end_line, end.end_col),
+            span=SourceSpan(self.path, start_line, start_col, end.end_line, end.end_column),
         )
 
 
@@ -135,89 +241,17 @@ def _grammar() -> str:
     return resources.files("pvgen").joinpath("grammar.lark").read_text()
 
 
-_TOKEN = re.compile(
-    r"""(?P<WS>[ \t\r\n\f]+)
-    |(?P<DOC>///[^\n]*)
-    |(?P<COMMENT>//[^\n]*)
-    |(?P<LONG_STRING>\"\"\"(?:.|\n)*?\"\"\")
-    |(?P<STRING>"(?:\\.|[^"\\\n])*")
-    |(?P<INT>-?(?:0[xX][0-9a-fA-F]+|[0-9]+)(?![A-Za-z0-9_]))
-    |(?P<NAME>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
-    |(?P<PUNCT>[{}();,:*])""",
-    re.VERBOSE,
-)
-_new_str = str.__new__
-_PUNCTUATION = {
-    "{": "LBRACE",
-    "}": "RBRACE",
-    "(": "LPAR",
-    ")": "RPAR",
-    ";": "SEMI",
-    ",": "COMMA",
-    ":": "COLON",
-    "*": "STAR",
-}
-
-
-class _SpecLexer(Lexer):
-    """A single-regex lexer for Lark's LALR parser: the same terminals, several times faster.
-
-    Comments go to `sink` instead of the parser, so the formatter can put them back.
-    """
-
-    sink: ClassVar[list[Token]] = []  # the comments of the file being parsed (one parse at a time)
-
-    def __init__(self, lexer_conf: Any) -> None:
-        del lexer_conf
-
-    def lex(self, data: str) -> Iterator[Token]:  # type: ignore[override]
-        match_at = _TOKEN.match
-        line, line_start, pos, end = 1, 0, 0, len(data)
-        while pos < end:
-            match = match_at(data, pos)
-            if match is None:
-                raise lark.exceptions.UnexpectedCharacters(data, pos, line, pos - line_start + 1)
-            kind = match.lastgroup
-            text = match.group()
-            next_pos = match.end()
-            newlines = text.count("\n") if kind in ("WS", "LONG_STRING") else 0
-            if kind != "WS":
-                if kind == "PUNCT":
-                    kind = _PUNCTUATION[text]
-                end_line = line + newlines
-                end_col = (next_pos - text.rfind("\n") - pos) if newlines else (pos - line_start + 1 + len(text))
-                # Token.__new__ is slow (it handles deprecated arguments); fill the slots directly.
-                token = _new_str(Token, text)
-                token.type = kind
-                token.start_pos = pos
-                token.line = line
-                token.column = pos - line_start + 1
-                token.end_line = end_line
-                token.end_column = end_col
-                token.end_pos = next_pos
-                if kind == "COMMENT":
-                    self.sink.append(token)
-                else:
-                    yield token
-            if newlines:
-                line += newlines
-                line_start = pos + text.rfind("\n") + 1
-            pos = next_pos
-
-
 class _Parser:
-    """The one Lark parser of the process, with its transformer and comment sink."""
+    """The one Lark parser of the process: its LALR tables, reduction callbacks and lexer."""
 
     def __init__(self) -> None:
-        self.comments = _SpecLexer.sink
-        self.transformer = _ToEntries("")
+        self.transformer = _ToEntries()
         self.lark = Lark(
-            _grammar(),
-            parser="lalr",
-            lexer=_SpecLexer,
-            maybe_placeholders=True,
-            transformer=self.transformer,
+            _grammar(), parser="lalr", lexer=_SpecLexer, maybe_placeholders=True, transformer=self.transformer
         )
+        frontend = self.lark.parser.parser.parser
+        self.tables = frontend.parse_table
+        self.callbacks = frontend.callbacks
 
 
 @lru_cache(maxsize=1)
@@ -228,13 +262,10 @@ def _parser() -> _Parser:
 def _describe_token(token: Token) -> str:
     if token.type == "$END":
         return "end of file"
-    word = _TERMINAL_WORDS.get(token.type, repr(str(token)))
-    if token.type in ("NAME", "INT", "STRING"):
-        return f"{word} '{token}'" if len(str(token)) <= 40 else word
-    return word
-
-
-_PREFERENCE = ["SEMI", "LBRACE", "RBRACE", "LPAR", "RPAR", "COMMA", "COLON", "NAME", "INT", "STRING", "STAR", "DOC"]
+    if token.type == "WORDS":
+        text = str(token)
+        return f"'{text}'" if len(text) <= 40 else "a value"
+    return _TERMINAL_WORDS.get(token.type, repr(str(token)))
 
 
 def _expected(names: set[str]) -> str:
@@ -247,20 +278,21 @@ def _expected(names: set[str]) -> str:
     return ", ".join(words)
 
 
-def _syntax_error(path: str, error: lark.exceptions.LarkError, text: str) -> Diagnostic:
+def _syntax_error(path: str, error: Exception, text: str) -> Diagnostic:
+    lines = text.splitlines() or [""]
+    if isinstance(error, SpecSyntaxError):
+        return Diagnostic(error.span, error.message)
     if isinstance(error, lark.exceptions.UnexpectedToken):
         token = error.token
         if token.type == "$END":
-            lines = text.splitlines() or [""]
             line, col = len(lines), len(lines[-1]) + 1
             span = SourceSpan(path, line, col, line, col + 1)
         else:
-            span = _span(path, token)
-        message = f"unexpected {_describe_token(token)}; expected {_expected(error.expected)}"
-        return Diagnostic(span, message)
+            span = SourceSpan(path, token.line, token.column, token.end_line, token.end_column)  # type: ignore[arg-type]
+        return Diagnostic(span, f"unexpected {_describe_token(token)}; expected {_expected(set(error.expected))}")
     if isinstance(error, lark.exceptions.UnexpectedCharacters):
         line, col = error.line, error.column
-        char = text.splitlines()[line - 1][col - 1] if line - 1 < len(text.splitlines()) else ""
+        char = lines[line - 1][col - 1] if line - 1 < len(lines) and col - 1 < len(lines[line - 1]) else ""
         if char == '"':
             message = "unterminated string"
         elif char.isdigit() or char == "-":
@@ -268,23 +300,68 @@ def _syntax_error(path: str, error: lark.exceptions.LarkError, text: str) -> Dia
         else:
             message = f"unexpected character {char!r}"
         return Diagnostic(SourceSpan(path, line, col, line, col + 1), message)
-    if isinstance(error, lark.exceptions.UnexpectedEOF):
-        lines = text.splitlines() or [""]
-        span = SourceSpan(path, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
-        return Diagnostic(span, f"unexpected end of file; expected {_expected(set(error.expected))}")
     return Diagnostic(SourceSpan(path, 1, 1, 1, 2), f"cannot parse: {error}")
+
+
+def _reduce(states: Any, state_stack: list[Any], value_stack: list[Any], rule: Any, callbacks: Any) -> None:
+    size = len(rule.expansion)
+    if size:
+        children = value_stack[-size:]
+        del state_stack[-size:]
+        del value_stack[-size:]
+    else:
+        children = []
+    value_stack.append(callbacks[rule](children))
+    state_stack.append(states[state_stack[-1]][rule.origin.name][1])
+
+
+def _drive(parser: _Parser, text: str) -> Any:
+    """Runs Lark's LALR tables over the token stream.
+
+    The same shift/reduce loop as Lark's own parser state, kept in one frame: on large
+    specs the per-token method call and attribute lookups were a large part of the time.
+    """
+    tables = parser.tables
+    states = tables.states
+    state_stack = [tables.start_states["start"]]
+    value_stack: list[Any] = []
+    callbacks = parser.callbacks
+    last: Token | None = None
+    for token in _SpecLexer(None).lex(text):
+        last = token
+        kind = token.type
+        while True:
+            row = states[state_stack[-1]]
+            if kind not in row:
+                raise lark.exceptions.UnexpectedToken(token, {s for s in row if s.isupper()})
+            action, arg = row[kind]
+            if action is Shift:
+                state_stack.append(arg)
+                value_stack.append(token)
+                break
+            _reduce(states, state_stack, value_stack, arg, callbacks)
+    end = Token("$END", "", 0, 1, 1) if last is None else Token.new_borrow_pos("$END", "", last)
+    end_state = tables.end_states["start"]
+    while state_stack[-1] != end_state:
+        row = states[state_stack[-1]]
+        if "$END" not in row:
+            raise lark.exceptions.UnexpectedToken(end, {s for s in row if s.isupper()})
+        _reduce(states, state_stack, value_stack, row["$END"][1], callbacks)
+    return value_stack[-1]
 
 
 def parse_text(path: str, text: str) -> tuple[SyntaxFile | None, Diagnostic | None]:
     """Parses one file. Returns the syntax tree, or the first syntax error."""
     parser = _parser()
-    parser.comments.clear()
+    _SpecLexer.sink.clear()
+    _SpecLexer.path = path
     parser.transformer.path = path
     try:
-        entries = parser.lark.parse(text)
-    except lark.exceptions.UnexpectedInput as error:
+        entries = _drive(parser, text)
+    except (lark.exceptions.UnexpectedInput, SpecSyntaxError) as error:
         return None, _syntax_error(path, error, text)
-    except lark.exceptions.VisitError as error:  # a malformed literal inside a transformer
-        return None, Diagnostic(SourceSpan(path, 1, 1, 1, 2), f"cannot parse: {error.orig_exc}")
-    kept = tuple(Comment(str(c), _span(path, c)) for c in parser.comments)
+    kept = tuple(
+        Comment(str(c), SourceSpan(path, c.line, c.column, c.end_line, c.end_column))  # type: ignore[arg-type]
+        for c in _SpecLexer.sink
+    )
     return SyntaxFile(path, entries, kept), None

@@ -95,7 +95,10 @@ class Block:
     def _single(self, entry: Entry, kind: str, what: str) -> Value | None:
         values = entry.values
         if entry.params is not None or len(entry.groups) != 1 or len(values) != 1 or values[0].kind != kind:
-            self.diagnostics.error(entry.span, f"'{entry.keyword}' takes {what}")
+            message = f"'{entry.keyword}' takes {what}"
+            if len(values) > 1 and values[1].span.line > values[0].span.line:
+                message += f"; is a ';' missing at the end of line {values[0].span.line}?"
+            self.diagnostics.error(entry.span, message)
             return None
         return values[0]
 

@@ -1,0 +1,47 @@
+"""Exit codes and usage errors of the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, run_cli
+
+
+def test_check_clean_spec_exits_0() -> None:
+    assert run_cli("check") == (0, "", "")
+    assert run_cli("check", "spec")[0] == 0
+    assert run_cli("check", "spec/pvops.pvspec")[0] == 0
+
+
+def test_check_spec_error_exits_1() -> None:
+    code, _, err = run_cli("check", "tests/errors/unknown_category.pvspec")
+    assert code == 1 and err.endswith("1 error generated.\n")
+
+
+def test_missing_path_is_a_usage_error(tmp_path: Path) -> None:
+    code, _, err = run_cli("check", "no/such/file.pvspec")
+    assert code == 2 and "no such file or directory: no/such/file.pvspec" in err
+    code, _, err = run_cli("check", cwd=tmp_path)
+    assert code == 2 and "no such file or directory: spec" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("check", "empty", cwd=tmp_path)
+    assert code == 2 and "no .pvspec files" in err
+
+
+def test_unknown_command_and_option_exit_2() -> None:
+    assert run_cli("frobnicate")[0] == 2
+    assert run_cli("check", "--bogus")[0] == 2
+    assert run_cli("dump")[0] == 2  # --json is required
+
+
+def test_non_utf8_file_is_located(tmp_path: Path) -> None:
+    (tmp_path / "bad.pvspec").write_bytes(b"arch a {\n  x \xff;\n}\n")
+    code, _, err = run_cli("check", "bad.pvspec", cwd=tmp_path)
+    assert code == 1 and err.startswith("bad.pvspec:2:5: error: file is not valid UTF-8")
+
+
+def test_python_dash_m_and_console_script_agree() -> None:
+    result = subprocess.run([sys.executable, "-m", "pvgen", "check"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
