@@ -34,6 +34,7 @@ ARCH_PROPERTIES = (
     "assembler",
     "template",
     "const",
+    "identity",
 )
 HYPERVISOR_PROPERTIES = ("arches", "detect", "execution", "paravirt_enabled", "native_fallback", "const")
 OP_PROPERTIES = ("category", "transfer", "callee_save", "clobbers", "patch_type", "override")
@@ -42,6 +43,13 @@ MACRO_ROLES = ("clobber", "in", "out")
 EXECUTIONS = ("bare", "hvm", "pv")
 DETECT_METHODS = ("boot_entry", "cpuid", "default")
 IMPL_CALL_PRESERVING = "call+callee_save"  # parsed form only; the IR says call, preserves_registers
+IMPL_ASM_OUT_OF_LINE = "asm+out_of_line"  # parsed form only; the IR says asm, out_of_line
+# Words an op, variant or data block uses for its own properties: no hypervisor may take them.
+RESERVED_WORDS = frozenset({"arch", "via", "variant", "clobbers", "struct", "override"}) | frozenset(
+    ("category", "transfer", "callee_save", "patch_type")
+)
+CLOBBER_FIELD_BITS = 16  # the u16 clobbers field of a site record
+MODEL_POINTER_SIZE = {"LP64": 8, "ILP32": 4}
 _PARAM_REFERENCE = re.compile(r"\\([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -64,6 +72,10 @@ class Checker:
         self.asm_macro_ops: dict[tuple[str, str], SourceSpan] = {}
         self.via_targets: set[tuple[str, str]] = set()
         self._pending_fallbacks: list[tuple[str, list[Value]]] = []
+        # Names declared but rejected: later references to them are not errors of their own.
+        self.declared_arches: set[str] = set()
+        self.declared_hypervisors: set[str] = set()
+        self.template_spans: dict[tuple[str, str], SourceSpan] = {}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -94,17 +106,30 @@ class Checker:
             else:
                 first[name] = span
 
+    def _plain_name(self, name: Value, what: str) -> bool:
+        """A C identifier that is not a C keyword: the name of an op, field or macro."""
+        if "." in name.text or ctype.is_c_word(name.text) or name.text in ctype.BUILTIN_NAMES:
+            self.error(name.span, f"'{name.text}' cannot name {what}; use a C identifier that is not a type or keyword")
+            return False
+        return True
+
     def _known(self, value: Value, allowed: Iterable[str], what: str, where: str = "") -> bool:
         options = list(allowed)
         if value.value in options:
             return True
+        if what.startswith("arch") and value.value in self.declared_arches:
+            return False  # declared, but its declaration is in error (reported there)
         place = f" {where}" if where else ""
         self.error(value.span, f"unknown {what} '{value.text}'{place}; {expected_one_of(options)}")
         return False
 
     def _arch_of(self, block: Block) -> ir.Arch | None:
         value = block.name("arch", "the architecture it belongs to")
-        if value is None or not self._known(value, self.arches, "arch"):
+        if value is None:
+            return None
+        if value.value in self.declared_arches and value.value not in self.arches:
+            return None  # its own declaration is in error, reported there
+        if not self._known(value, self.arches, "arch"):
             return None
         return self.arches[str(value.value)]
 
@@ -136,7 +161,20 @@ class Checker:
         for entry in by_kind["hypervisor"]:
             self._hypervisor(entry)
         self._unique("hypervisor", [(str(v.value), v.span) for e in by_kind["hypervisor"] if (v := _name(e))])
-        if self.arches and ir.NATIVE not in self.hypervisors:
+        defaults: dict[str, ir.Detection] = {}
+        for hypervisor in sorted(self.hypervisors.values(), key=lambda h: h.span):
+            for detection in hypervisor.detections:
+                if detection.method != "default":
+                    continue
+                if detection.arch in defaults and defaults[detection.arch] not in hypervisor.detections:
+                    self.error(
+                        detection.span,
+                        f"two hypervisors are the default on {detection.arch}",
+                        Note("the first default", defaults[detection.arch].span),
+                    )
+                else:
+                    defaults[detection.arch] = detection
+        if self.arches and ir.NATIVE not in self.hypervisors and ir.NATIVE not in self.declared_hypervisors:
             span = next(iter(self.arches.values())).span
             self.error(span, "no hypervisor 'native' is declared; every op needs a native implementation")
         for entry in by_kind["typedef"]:
@@ -144,6 +182,8 @@ class Checker:
         self._check_typedefs()
         self._index_groups(by_kind["group"])
         macros = [m for e in by_kind["macro"] if (m := self._macro(e))]
+        self._unique("macro", [(f"{m.name}' on '{m.arch}", m.span) for m in macros])
+        macros = list({(m.arch, m.name): m for m in reversed(macros)}.values())
         groups = [g for e in by_kind["group"] if (g := self._group(e))]
         self._check_templates(groups)
         self._check_asm_macro_ops()
@@ -183,26 +223,43 @@ class Checker:
         block = Block(entry, f"arch '{name.text}'", self.diagnostics, ARCH_PROPERTIES, repeatable=("const",))
         pointer = block.integer("pointer_size", "bytes in a pointer")
         model = block.choice("data_model", ("LP64", "ILP32"), "LP64 or ILP32")
+        self.declared_arches.add(name.text)
         registers_v = block.names("registers", "every register name clobber lists may use") or []
         registers = [str(v.value) for v in registers_v]
         self._unique(f"register on {name.text}", [(str(v.value), v.span) for v in registers_v])
+        spans: dict[str, SourceSpan] = {}
 
         def regs(prop: str, what: str) -> tuple[str, ...]:
-            return self._registers(name.text, registers, block.names(prop, what) or [])
+            values = block.names(prop, what) or []
+            self._unique("register", [(str(v.value), v.span) for v in values], f"in '{prop}'")
+            for value in values:
+                spans.setdefault(f"{prop}:{value.value}", value.span)
+            return self._registers(name.text, registers, values)
 
         args = regs("args", "argument registers")
         returns = regs("return", "return registers")
         caller_saved = regs("caller_saved", "registers a call may clobber")
         callee_saved = regs("callee_saved", "registers a call preserves")
         cs_clobbers = regs("callee_save_clobbers", "what a callee_save op may clobber")
-        for reg in set(caller_saved) & set(callee_saved):
-            self.error(name.span, f"register '{reg}' is both caller_saved and callee_saved on {name.text}")
+        for reg in sorted(set(caller_saved) & set(callee_saved)):
+            self.error(
+                spans[f"callee_saved:{reg}"],
+                f"register '{reg}' is both caller_saved and callee_saved",
+                Note("caller_saved here", spans[f"caller_saved:{reg}"]),
+            )
         clobber_bits: list[tuple[str, int]] = []
         if (bits_entry := block.get("clobber_bits")) is not None:
-            for reg, bit in block.pairs(bits_entry, "int") or []:
+            pairs = block.pairs(bits_entry, "int") or []
+            for reg, bit in pairs:
                 self._registers(name.text, registers, [reg])
+                if not 0 <= int(bit.value) < CLOBBER_FIELD_BITS:
+                    self.error(
+                        bit.span, f"clobber bit {bit.text} does not fit the {CLOBBER_FIELD_BITS}-bit clobber field"
+                    )
+                    continue
                 clobber_bits.append((str(reg.value), int(bit.value)))
-            self._unique("clobber bit", [(str(b), bits_entry.span) for _, b in clobber_bits])
+            self._unique("register", [(str(r.value), r.span) for r, _ in pairs], "in 'clobber_bits'")
+            self._unique("clobber bit", [(str(b.value), b.span) for _, b in pairs])
         site_call = block.string("site_call", "the asm of an unpatched call site")
         site_jump = block.string("site_jump")
         site_size = block.integer("site_size", "bytes of an unpatched call site")
@@ -210,13 +267,31 @@ class Checker:
         type_bits = block.integer("site_type_bits", "width of the op index in a site record")
         if type_bits is not None and not 1 <= int(type_bits.value) <= 64:
             self.error(type_bits.span, "site_type_bits must be between 1 and 64")
+            type_bits = None
+        if pointer is not None and model is not None and int(pointer.value) != MODEL_POINTER_SIZE[str(model.value)]:
+            self.error(
+                pointer.span, f"data model {model.value} has {MODEL_POINTER_SIZE[str(model.value)]}-byte pointers"
+            )
+            pointer = None
+        if site_size is not None and not 1 <= int(site_size.value) <= 4096:
+            self.error(site_size.span, f"'{site_size.text}' is not a plausible size in bytes (1 to 4096)")
+            site_size = None
+        if direct is not None and not 1 <= int(direct.value) <= 4096:
+            self.error(direct.span, f"'{direct.text}' is not a plausible size in bytes (1 to 4096)")
+            direct = None
+        if site_size is not None and direct is not None and int(site_size.value) < int(direct.value):
+            self.error(
+                site_size.span, f"a {site_size.text}-byte call site cannot hold the {direct.text}-byte direct call"
+            )
         nops = block.strings("nops", "hex of the NOP forms") or []
         for nop in nops:
             if not re.fullmatch(r"([0-9a-fA-F]{2})+", str(nop.value)):
                 self.error(nop.span, f"NOP form '{nop.value}' is not a hex byte string")
         assembler = block.string("assembler", "the assembler command")
+        identity = block.string("identity")
         template = block.names("template") or []
         self._unique("group in template", [(str(v.value), v.span) for v in template])
+        self.template_spans.update({(name.text, str(v.value)): v.span for v in template})
         constants = self._constants(block)
         if None in (pointer, model, site_call, site_size, direct, type_bits, assembler):
             return
@@ -243,6 +318,7 @@ class Checker:
                 site_type_bits=int(type_bits.value),
                 nops=tuple(str(n.value).lower() for n in nops),
                 assembler=str(assembler.value),
+                identity=str(identity.value) if identity else None,
                 template=tuple(str(v.value) for v in template),
                 constants=constants,
             ),
@@ -270,11 +346,12 @@ class Checker:
             HYPERVISOR_PROPERTIES,
             repeatable=("detect", "native_fallback", "const"),
         )
-        arches = [
-            v
-            for v in block.names("arches", "the architectures it runs on") or []
-            if self._known(v, self.arches, "arch")
-        ]
+        self.declared_hypervisors.add(name.text)
+        if name.text in RESERVED_WORDS:
+            self.error(name.span, f"'{name.text}' is a property word; a hypervisor needs another name")
+        listed = block.names("arches", "the architectures it runs on") or []
+        self._unique("arch", [(str(v.value), v.span) for v in listed], f"in hypervisor '{name.text}'")
+        arches = [v for v in listed if self._known(v, self.arches, "arch")]
         arch_names = [str(v.value) for v in arches]
         detections: list[ir.Detection] = []
         for detect in block.all("detect"):
@@ -284,6 +361,14 @@ class Checker:
         for arch in arch_names:
             if not any(d.arch == arch for d in detections):
                 self.error(name.span, f"hypervisor '{name.text}' has no 'detect' for arch '{arch}'")
+        keys = [
+            (
+                f"{d.arch} {d.method} " + " ".join(str(x) for x in (d.leaf, d.signature, d.symbol) if x is not None),
+                d.span,
+            )
+            for d in detections
+        ]
+        self._unique("detection", [(key.strip(), span) for key, span in keys], f"in hypervisor '{name.text}'")
         execution = block.choice("execution", EXECUTIONS, "bare, hvm or pv")
         enabled = block.choice("paravirt_enabled", ("true", "false"), "true or false")
         fallback: list[tuple[str, str]] = []
@@ -291,6 +376,8 @@ class Checker:
             fallback += self._fallback(prop, arch_names)
         if name.text == ir.NATIVE and execution is not None and execution.value != "bare":
             self.error(execution.span, "hypervisor 'native' must have 'execution bare'")
+        if name.text == ir.NATIVE and enabled is not None and enabled.value != "false":
+            self.error(enabled.span, "on bare hardware paravirt_enabled() is false")
         if execution is None or enabled is None:
             return
         self.hypervisors.setdefault(
@@ -325,8 +412,10 @@ class Checker:
         span = entry.span
         if method.value == "cpuid" and kinds == ["int", "string"]:
             signature = str(rest[1].value)
-            if len(signature) > 12:
-                self.error(rest[1].span, "a CPUID signature is at most 12 characters (EBX, ECX, EDX)")
+            if not signature.isascii() or len(signature) > 12:
+                self.error(rest[1].span, "a CPUID signature is at most 12 ASCII characters (EBX, ECX, EDX)")
+            if not 0 <= int(rest[0].value) <= 0xFFFFFFFF:
+                self.error(rest[0].span, f"CPUID leaf {rest[0].text} is not a 32-bit value")
             return ir.Detection(str(arch.value), "cpuid", int(rest[0].value), signature, None, None, span)
         if method.value == "boot_entry" and kinds in (["name"], ["name", "name", "int"]):
             if len(rest) == 3 and rest[1].value != "hypervisor_type":
@@ -366,6 +455,9 @@ class Checker:
         if name.kind != "name" or any(v.kind not in ("name", "star") for v in values):
             self.error(entry.span, "'typedef' takes a type and a name: 'typedef unsigned long pteval_t;'")
             return
+        if name.text in ctype.BUILTIN_NAMES or ctype.is_c_word(name.text):
+            self.error(name.span, f"typedef cannot redefine the built-in type '{name.text}'")
+            return
         if name.value in self.typedefs:
             self.error(
                 name.span, f"duplicate typedef '{name.text}'", Note("first defined here", self.typedefs[name.text].span)
@@ -378,7 +470,7 @@ class Checker:
     def _check_typedefs(self) -> None:
         for typedef in self.typedefs.values():
             resolved = ctype.resolve(self.typedef_words[typedef.name], "LP64", self.typedef_words)
-            if isinstance(resolved, str):
+            if isinstance(resolved, str) and "passed by value" not in resolved:  # a struct typedef is fine
                 self.error(typedef.span, f"typedef '{typedef.name}': {resolved}")
 
     # -- groups and ops --------------------------------------------------------------------
@@ -498,7 +590,9 @@ class Checker:
         if declaration is None:
             return None
         ret_words, name = declaration
-        hypervisors = sorted(self.hypervisors)
+        if not self._plain_name(name, "an op"):
+            return None
+        hypervisors = sorted(self.declared_hypervisors)
         block = Block(
             entry,
             f"op '{group}.{name.text}'",
@@ -527,6 +621,15 @@ class Checker:
         patch_type = block.integer("patch_type")
         if category is None or returns is None or params is None:
             return None
+        clobbers_entry = block.get("clobbers")
+        if returns.kind != "void" and clobbers_entry is not None:
+            kept = [r for r in arch.returns[: max(1, -(-returns.size // arch.pointer_size))] if r not in clobbers]
+            if kept:
+                self.error(
+                    clobbers_entry.span,
+                    f"op '{name.text}' returns a value in {', '.join(kept)}, so its clobbers must include "
+                    f"{', '.join(kept)}",
+                )
         category_name = str(category.value)
         if category_name == ir.INDIRECT and callee_save:
             self.error(
@@ -546,7 +649,9 @@ class Checker:
             self.error(patch_type.span, f"{arch.name} numbers ops by their slot in its template; remove 'patch_type'")
         if patch_type is None and not arch.template and category_name != ir.INDIRECT:
             self.error(name.span, f"patchable op '{name.text}' on {arch.name} needs a 'patch_type'")
-        context = _OpContext(arch, f"op '{group}.{name.text}'", category_name, returns, params, override, callee_save)
+        context = _OpContext(
+            arch, f"op '{group}.{name.text}'", category_name, returns, params, override, callee_save, clobbers
+        )
         impls = self._impls(block.dynamic, context, name.span)
         variants = [v for m in block.members if (v := self._variant(m, context, patch_type))]
         self._unique(f"variant of op '{name.text}'", [(v.name, v.span) for v in variants])
@@ -600,7 +705,10 @@ class Checker:
     def _impl_line(self, entry: Entry, context: _OpContext) -> tuple[str, str | None] | None:
         """(kind, text) of `xen call xen_irq_disable;` and the like."""
         values = entry.values
-        usage = "an implementation is 'asm \"TEXT\"', 'call SYMBOL [callee_save]', 'nop', 'identity' or 'native'"
+        usage = (
+            "an implementation is 'asm \"TEXT\" [out_of_line]', 'call SYMBOL [callee_save]', 'nop', 'identity' "
+            "or 'native'"
+        )
         if entry.params is not None or len(entry.groups) != 1:
             self.error(entry.span, usage)
             return None
@@ -608,11 +716,16 @@ class Checker:
         if kind.kind != "name" or not self._known(kind, ir.IMPL_KINDS, "implementation"):
             return None
         rest = values[1:]
-        if kind.value == ir.IMPL_ASM and [v.kind for v in rest] == ["string"]:
+        if kind.value == ir.IMPL_ASM and [v.kind for v in rest] in (["string"], ["string", "name"]):
             text = str(rest[0].value)
             if not text.strip():
                 self.error(rest[0].span, "an asm template cannot be empty; use 'nop'")
                 return None
+            if len(rest) == 2:
+                if rest[1].value != "out_of_line":
+                    self.error(rest[1].span, f"unknown asm option '{rest[1].text}'; expected one of: out_of_line")
+                    return None
+                return IMPL_ASM_OUT_OF_LINE, text
             return ir.IMPL_ASM, text
         if kind.value == ir.IMPL_CALL and [v.kind for v in rest] == ["name"]:
             return ir.IMPL_CALL, str(rest[0].value)
@@ -639,6 +752,9 @@ class Checker:
         ok = True
         for line in lines:
             hypervisor = line.keyword
+            if hypervisor not in self.hypervisors:
+                ok = False  # its declaration is in error, reported there
+                continue
             if hypervisor not in supported:
                 runs_on = ", ".join(self.hypervisors[hypervisor].arches)
                 self.error(
@@ -690,7 +806,7 @@ class Checker:
         return tuple(impls) if ok else None
 
     def _impl_fits(self, line: Entry, parsed: tuple[str, str | None], context: _OpContext) -> bool:
-        kind = parsed[0]
+        kind = ir.IMPL_ASM if parsed[0] == IMPL_ASM_OUT_OF_LINE else parsed[0]
         if context.category == ir.INDIRECT and kind in (ir.IMPL_ASM, ir.IMPL_IDENTITY):
             self.error(
                 line.span,
@@ -700,6 +816,13 @@ class Checker:
             return False
         if kind == ir.IMPL_IDENTITY and (context.returns.kind == "void" or not context.params):
             self.error(line.span, f"'identity' returns the first argument, but {context.what} has none to return")
+            return False
+        if kind == ir.IMPL_IDENTITY and context.returns.size != context.params[0].ctype.size:
+            self.error(
+                line.span,
+                f"'identity' returns the first argument, but {context.what} takes {context.params[0].ctype.size} "
+                f"bytes and returns {context.returns.size}",
+            )
             return False
         if kind == ir.IMPL_NOP and context.returns.kind != "void" and context.category != ir.INDIRECT:
             self.error(
@@ -718,15 +841,20 @@ class Checker:
         if base is None:
             self.error(entry.keyword_span, "variants need the op's 'patch_type' to number them")
             return None
-        hypervisors = sorted(self.hypervisors)
-        block = Block(entry, f"variant '{values[0].text}'", self.diagnostics, (), dynamic=hypervisors)
+        hypervisors = sorted(self.declared_hypervisors)
+        block = Block(entry, f"variant '{values[0].text}'", self.diagnostics, ("clobbers",), dynamic=hypervisors)
         sub = attrs.evolve(context, what=f"variant '{values[0].text}' of {context.what}", override=False)
         impls = self._impls(block.dynamic, sub, values[0].span)
+        # A variant may write the register it stands for (setreg GP writes gp): that is its effect.
+        extra = block.names("clobbers") or []
+        self._registers(context.arch.name, context.arch.registers, extra)
         if impls is None:
             return None
         reg_id = int(values[1].value)
+        order = {r: i for i, r in enumerate(context.arch.registers)}
+        clobbers = tuple(sorted({*context.clobbers, *(str(v.value) for v in extra)}, key=lambda r: order.get(r, 0)))
         return ir.Variant(
-            str(values[0].value), reg_id, int(base.value) + reg_id, _first_line(entry), values[0].span, impls
+            str(values[0].value), reg_id, int(base.value) + reg_id, _first_line(entry), values[0].span, impls, clobbers
         )
 
     def _data(self, entry: Entry, arch: ir.Arch, group: str, override: bool) -> ir.DataField | None:
@@ -738,13 +866,20 @@ class Checker:
             return None
         words, name = declaration
         field_type = self._resolve(words, arch)
-        block = Block(entry, f"data '{group}.{name.text}'", self.diagnostics, (), dynamic=sorted(self.hypervisors))
+        if field_type is not None and field_type.kind == "void":
+            self.error(words[0].span, f"data '{name.text}' cannot have type 'void'")
+            field_type = None
+        block = Block(
+            entry, f"data '{group}.{name.text}'", self.diagnostics, (), dynamic=sorted(self.declared_hypervisors)
+        )
         supported = self._hypervisors_of(arch.name)
         given: dict[str, tuple[Entry, int | str | bool]] = {}
         rejected: set[str] = set()
         for line in block.dynamic:
             rejected.add(line.keyword)
             values = line.values
+            if line.keyword not in self.hypervisors:
+                continue  # its declaration is in error, reported there
             if line.keyword not in supported:
                 self.error(line.keyword_span, f"hypervisor '{line.keyword}' does not run on {arch.name}")
                 continue
@@ -806,7 +941,8 @@ class Checker:
                 if (arch.name, name) not in declared and (arch.name, name) not in self.group_entries:
                     allowed = sorted(n for a, n in self.group_entries if a == arch.name)
                     self.error(
-                        arch.span, f"template of {arch.name} names unknown group '{name}'; {expected_one_of(allowed)}"
+                        self.template_spans.get((arch.name, name), arch.span),
+                        f"template of {arch.name} names unknown group '{name}'; {expected_one_of(allowed)}",
                     )
         for group in groups:
             template = self.arches[group.arch].template
@@ -876,7 +1012,7 @@ class Checker:
             f"macro '{name.text}'",
             self.diagnostics,
             ("arch", "via", "override"),
-            dynamic=sorted(self.hypervisors),
+            dynamic=sorted(self.declared_hypervisors),
         )
         arch = self._arch_of(block)
         override = block.choice("override", ("required",)) is not None
@@ -894,6 +1030,8 @@ class Checker:
         declared: dict[str, tuple[Entry, str | None]] = {}
         param_names = {str(p.words[0].value) for p in entry.params or () if p.words}
         for line in block.dynamic:
+            if line.keyword not in self.hypervisors:
+                continue  # its declaration is in error, reported there
             if line.keyword not in supported:
                 self.error(line.keyword_span, f"hypervisor '{line.keyword}' does not run on {arch.name}")
                 continue
@@ -1093,6 +1231,7 @@ class Checker:
                 )
             )
         self._unique("IOMMU entry", [(f"{e.arch}.{e.detect}", e.span) for e in found])
+        found = list({(e.arch, e.detect): e for e in reversed(found)}.values())
         ordered: list[ir.IommuEntry] = []
         for arch in sorted({e.arch for e in found}):
             ordered += self._iommu_order([e for e in found if e.arch == arch], depends_span)
@@ -1157,11 +1296,14 @@ class _OpContext:
     params: list[ir.Param]
     override: bool
     callee_save: bool
+    clobbers: tuple[str, ...] = ()
 
 
 def _impl(hypervisor: str, kind: str, text: str | None, span: SourceSpan, source: str) -> ir.Impl:
     if kind == IMPL_CALL_PRESERVING:
         return ir.Impl(hypervisor, ir.IMPL_CALL, text, span, source, preserves_registers=True)
+    if kind == IMPL_ASM_OUT_OF_LINE:
+        return ir.Impl(hypervisor, ir.IMPL_ASM, text, span, source, out_of_line=True)
     return ir.Impl(hypervisor, kind, text, span, source)
 
 

@@ -34,7 +34,7 @@ def is_c_word(word: str) -> bool:
 
 
 def resolve(
-    words: Sequence[str], data_model: str, typedefs: Mapping[str, Sequence[str]], depth: int = 0
+    words: Sequence[str], data_model: str, typedefs: Mapping[str, Sequence[str]], seen: frozenset[str] = frozenset()
 ) -> CType | str:
     """The CType of a declaration's type words, or an error message."""
     text = _canonical_text(words)
@@ -46,6 +46,14 @@ def resolve(
         base = words[: words.index("*")]
         if not base:
             return "pointer without a base type"
+        if words[words.index("*") :].count("*") != len(words) - words.index("*"):
+            return f"'{text}' has words after its '*'"
+        if base[0] not in ("struct", "union", "enum"):
+            pointee = resolve(base, data_model, typedefs, seen)
+            if isinstance(pointee, str) and "passed by value" not in pointee:  # a pointer to a struct is fine
+                return pointee
+        elif len(base) != 2:
+            return f"'{' '.join(base)}' needs exactly one tag name"
         return CType(text, pointer_size, "pointer")
     if words[0] in ("struct", "union"):
         return f"'{text}' is passed by value; pass a pointer or declare a typedef"
@@ -62,16 +70,16 @@ def resolve(
         if word in _POINTER_SIZED:
             return CType(word, pointer_size, "integer")
         if word in typedefs:
-            if depth > 16:
+            if word in seen:
                 return f"typedef '{word}' refers to itself"
-            target = resolve(typedefs[word], data_model, typedefs, depth + 1)
+            target = resolve(typedefs[word], data_model, typedefs, seen | {word})
             if isinstance(target, str):
                 return target
             return CType(word, target.size, target.kind)
     size = _integer_size(words, _LONG_SIZE.get(data_model, 8))
     if size is None:
-        unknown = next((w for w in words if w not in _C_WORDS), words[0])
-        return f"unknown type '{unknown}'"
+        unknown = next((w for w in words if w not in _C_WORDS), None)
+        return f"unknown type '{unknown}'" if unknown else f"'{text}' is not a C type"
     return CType(text, size, "integer")
 
 
@@ -87,13 +95,15 @@ def _canonical_text(words: Sequence[str]) -> str:
 
 def _integer_size(words: Sequence[str], long_size: int) -> int | None:
     rest = [w for w in words if w not in ("signed", "unsigned")]
+    if words.count("signed") + words.count("unsigned") > 1:
+        return None
     if rest == [] and words:
         return 4  # plain `unsigned`
     longs = rest.count("long")
     others = [w for w in rest if w != "long"]
     if others in ([], ["int"]) and longs:
-        return long_size if longs == 1 else 8
-    if others == ["int"]:
+        return {1: long_size, 2: 8}.get(longs)
+    if others == ["int"] and not longs:
         return 4
     if others in (["short"], ["short", "int"]) and not longs:
         return 2

@@ -75,10 +75,11 @@ class _Printer:
             self.last_line = comment.span.end_line
 
     def entries(self, entries: tuple[Entry, ...], indent: str) -> None:
-        for entry in entries:
+        for position, entry in enumerate(entries):
             self._emit_leading(entry.span.line, indent)
             self._blank_if_gap(entry.span.line)
-            self.entry(entry, indent)
+            following = entries[position + 1].span.line if position + 1 < len(entries) else None
+            self.entry(entry, indent, following)
             self.last_line = entry.span.end_line
 
     def _header(self, entry: Entry, indent: str) -> str:
@@ -108,23 +109,34 @@ class _Printer:
                 lines.append(indent + hang + piece)
         return "\n".join(lines)
 
-    def entry(self, entry: Entry, indent: str) -> None:
+    def _own_lines(self, before: int, indent: str) -> None:
+        """Comments inside an entry (between its doc and keyword, or in a list): each on its own line."""
+        for comment in self._take_comments(before):
+            self.lines.append(indent + comment.text.rstrip())
+
+    def entry(self, entry: Entry, indent: str, following: int | None = None) -> None:
+        self._own_lines(entry.keyword_span.line, indent)
         for doc in entry.docs:
             self.lines.append((indent + "/// " + doc).rstrip())
         header = self._header(entry, indent)
+        header_end = _header_end_line(entry)
         if entry.children is None:
             self.lines.append(header + ";")
-            self._attach_trailing(entry.span.end_line)
+            if following != entry.span.end_line:  # `a; b; // c` belongs to b
+                self._attach_trailing(entry.span.end_line)
+            self._own_lines(entry.span.end_line, indent)
             return
         self.lines.append(header + " {")
         children = entry.children
-        if not children or children[0].span.line != entry.keyword_span.line:
-            self._attach_trailing(entry.keyword_span.line)
+        if not children or children[0].span.line != header_end:
+            self._attach_trailing(header_end)
+        self._own_lines(header_end, indent + INDENT)
         self.last_line = None
         self.entries(entry.children, indent + INDENT)
         self._emit_leading(entry.span.end_line, indent + INDENT)
         self.lines.append(indent + "}")
-        self._attach_trailing(entry.span.end_line)
+        if following != entry.span.end_line:
+            self._attach_trailing(entry.span.end_line)
 
     def _attach_trailing(self, line: int) -> None:
         comment = self._trailing(line)
@@ -132,8 +144,20 @@ class _Printer:
             self.lines[-1] += "  " + comment.text.rstrip()
 
 
+def _header_end_line(entry: Entry) -> int:
+    """The line where an entry's header ends: where its `{` or `;` follows."""
+    last = entry.keyword_span.end_line
+    for group in entry.groups:
+        last = max(last, group[-1].span.end_line)
+    for param in entry.params or ():
+        last = max(last, param.span.end_line)
+    return last
+
+
 def format_tree(tree: SyntaxFile) -> str:
     """The canonical text of a parsed file."""
+    if not tree.entries and not tree.comments:
+        return ""
     printer = _Printer(tree)
     printer.entries(tree.entries, "")
     leftovers = [c for i, c in enumerate(printer.comments) if i not in printer.used]

@@ -55,6 +55,7 @@ class Arch:
     assembler: str
     template: tuple[str, ...]
     constants: tuple[Constant, ...]
+    identity: str | None  # the template that patches an `identity` op (x86-64: mov %rdi, %rax)
 
 
 @attrs.frozen
@@ -111,6 +112,8 @@ class Impl:
     # For a `call` of a callee_save op: the target itself keeps every register but the
     # return register (Linux's __PV_IS_CALLEE_SAVE); otherwise a thunk must save them.
     preserves_registers: bool = False
+    # For `asm`: a body that is always called out of line, never copied into a site.
+    out_of_line: bool = False
 
 
 @attrs.frozen
@@ -123,6 +126,7 @@ class Variant:
     doc: str
     span: SourceSpan
     impls: tuple[Impl, ...]
+    clobbers: tuple[str, ...]  # the op's, plus the register the variant writes by design
 
 
 @attrs.frozen
@@ -268,3 +272,44 @@ class Spec:
 
     def ops(self, arch: str | None = None) -> tuple[Op, ...]:
         return tuple(op for g in self.groups if arch in (None, g.arch) for op in g.ops)
+
+
+@attrs.frozen
+class Relocation:
+    """A reference a template makes outside itself, which the patcher must fix up."""
+
+    offset: int  # byte offset of the relocated field (IA64: the tag, bundle address | slot)
+    kind: str  # e.g. "brl" (IA64 PCREL60B)
+    symbol: str
+
+
+@attrs.frozen
+class Template:
+    """An asm implementation assembled and verified: the bytes a patcher may copy to a site."""
+
+    arch: str
+    hypervisor: str
+    owner: str  # "group.op", "group.op[VARIANT]" or the macro name
+    text: str
+    code: bytes
+    instructions: tuple[str, ...]  # decoded, one per instruction, for listings
+    written: tuple[str, ...]  # registers the template writes (within the arch's register list)
+    relocations: tuple[Relocation, ...]
+    fits_site: bool
+    out_of_line: bool
+    span: SourceSpan
+
+
+@attrs.frozen
+class Build:
+    """The checked spec plus its assembled templates: everything a backend may read."""
+
+    spec: Spec
+    templates: tuple[Template, ...]  # by arch, owner, hypervisor
+    assemblers: tuple[tuple[str, str], ...]  # (arch, assembler version line)
+
+    def template(self, arch: str, owner: str, hypervisor: str) -> Template | None:
+        for template in self.templates:
+            if (template.arch, template.owner, template.hypervisor) == (arch, owner, hypervisor):
+                return template
+        return None

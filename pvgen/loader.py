@@ -14,6 +14,7 @@ from pvgen.source import SourceFile, SourceSpan
 from pvgen.syntax import Entry, SyntaxFile
 
 SPEC_SUFFIX = ".pvspec"
+MAX_INCLUDE_DEPTH = 64
 
 
 @attrs.frozen
@@ -62,7 +63,7 @@ def load(paths: Iterable[Path], diagnostics: Diagnostics) -> LoadedSpec:
     seen: set[Path] = set()
     read_paths: list[str] = []
 
-    def read(path: Path, include_span: SourceSpan | None) -> None:
+    def read(path: Path, include_span: SourceSpan | None, depth: int = 0) -> None:
         real = path.resolve()
         if real in seen:
             return
@@ -83,6 +84,8 @@ def load(paths: Iterable[Path], diagnostics: Diagnostics) -> LoadedSpec:
             col = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
             diagnostics.error(SourceSpan(shown, line, col, line, col + 1), "file is not valid UTF-8")
             return
+        # CR LF and lone CR end lines too; the rest of pvgen sees \n only.
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
         files[shown] = SourceFile(shown, text)
         tree, error_ = parse_text(shown, text)
         if error_ is not None:
@@ -99,11 +102,17 @@ def load(paths: Iterable[Path], diagnostics: Diagnostics) -> LoadedSpec:
                 continue
             name, span = target
             child = path.parent / name
+            if child.is_dir():
+                diagnostics.error(span, f"included path '{name}' is a directory; include a .pvspec file")
+                continue
             if not child.is_file():
                 note = Note(f"looked for '{display_path(child)}'")
                 diagnostics.error(span, f"included file '{name}' does not exist", note)
                 continue
-            read(child, span)
+            if depth >= MAX_INCLUDE_DEPTH:
+                diagnostics.error(span, f"includes nest deeper than {MAX_INCLUDE_DEPTH} files")
+                continue
+            read(child, span, depth + 1)
 
     for path in paths:
         read(path, None)

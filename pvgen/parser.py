@@ -38,6 +38,7 @@ _TOKEN = re.compile(
      (?P<DOC>///[^\n]*)
     |(?P<COMMENT>//[^\n]*)
     |(?P<LONG>\"\"\"(?:.|\n)*?\"\"\")
+    |(?P<OPEN_LONG>\"\"\")
     |(?P<STRING>"(?:\\.|[^"\\\n])*")
     |(?P<INT>-?(?:0[xX][0-9a-fA-F]+|[0-9]+)(?![A-Za-z0-9_.]))
     |(?P<NAME>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
@@ -50,6 +51,8 @@ _PUNCTUATION = {"{": "LBRACE", "}": "RBRACE", "(": "LPAR", ")": "RPAR", ";": "SE
 _VALUE_KINDS = {"NAME": "name", "INT": "int", "STRING": "string", "LONG": "string", "STAR": "star"}
 _ESCAPE = re.compile(r'\\([\\"])')
 _new_str = str.__new__
+MAX_INT_CHARS = 40  # 0x and 128 bits fit with room; longer literals are mistakes
+MAX_NESTING = 32  # blocks inside blocks; the real spec uses 3
 
 
 class SpecSyntaxError(Exception):
@@ -116,6 +119,7 @@ class _SpecLexer(Lexer):
         line, line_start, pos = 1, 0, 0
         words: list[Value] = []
         first: tuple[int, int, int] | None = None  # pos, line, col of the pending WORDS token
+        depth = 0
         count = data.count
         while True:
             match = match_at(data, pos)
@@ -150,12 +154,19 @@ class _SpecLexer(Lexer):
                 if value_kind == "name" or value_kind == "star":
                     value: str | int = text
                 elif value_kind == "int":
-                    value = int(text, 0)
+                    if len(text) > MAX_INT_CHARS:
+                        raise SpecSyntaxError(span, f"integer literal of {len(text)} characters is too long")
+                    negative = text.startswith("-")
+                    digits = text.lstrip("-")
+                    value = int(digits[2:], 16) if digits[:2] in ("0x", "0X") else int(digits, 10)
+                    value = -value if negative else value
                 else:
                     value = decode_string(text)
                 if not words:
                     first = (pos, line, col)
                 words.append(Value(value_kind, text, value, span))
+            elif kind == "OPEN_LONG":
+                raise SpecSyntaxError(SourceSpan(path, line, col, line, col + 3), "unterminated string")
             elif kind == "COMMENT":
                 self.sink.append(_token(Token, "COMMENT", text, pos, line, col, end_line, end_col))
             else:
@@ -163,6 +174,14 @@ class _SpecLexer(Lexer):
                     yield self._words(words, first)
                     words = []
                 token_kind = "DOC" if kind == "DOC" else _PUNCTUATION[text]
+                if token_kind == "LBRACE":
+                    depth += 1
+                    if depth > MAX_NESTING:
+                        raise SpecSyntaxError(
+                            SourceSpan(path, line, col, line, col + 1), f"blocks nest deeper than {MAX_NESTING} levels"
+                        )
+                elif token_kind == "RBRACE":
+                    depth -= 1
                 yield _token(Token, token_kind, text, pos, line, col, end_line, end_col)
             if newlines:
                 line = end_line
@@ -279,13 +298,13 @@ def _expected(names: set[str]) -> str:
 
 
 def _syntax_error(path: str, error: Exception, text: str) -> Diagnostic:
-    lines = text.splitlines() or [""]
+    lines = text.split("\n")
     if isinstance(error, SpecSyntaxError):
         return Diagnostic(error.span, error.message)
     if isinstance(error, lark.exceptions.UnexpectedToken):
         token = error.token
         if token.type == "$END":
-            line, col = len(lines), len(lines[-1]) + 1
+            line, col = token.end_line or 1, token.end_column or 1
             span = SourceSpan(path, line, col, line, col + 1)
         else:
             span = SourceSpan(path, token.line, token.column, token.end_line, token.end_column)  # type: ignore[arg-type]

@@ -115,8 +115,11 @@ class Block:
         return self._single(entry, "name", "one name") if entry else None
 
     def choice(self, name: str, choices: Iterable[str], required: str | None = None) -> Value | None:
-        value = self.name(name, required)
         options = sorted(choices)
+        entry = self.require(name, required) if required else self.get(name)
+        if entry is None:
+            return None
+        value = self._single(entry, "name", f"one of: {', '.join(options)}")
         if value is not None and value.value not in options:
             self.diagnostics.error(value.span, f"unknown {name} '{value.text}'; {expected_one_of(options)}")
             return None
@@ -162,6 +165,11 @@ class Block:
 def names_of(entry: Entry, diagnostics: Diagnostics) -> list[Value] | None:
     """A comma-separated list of names: `args rdi, rsi, rdx;`."""
     if entry.params is not None or not entry.groups or any(len(g) != 1 or g[0].kind != "name" for g in entry.groups):
-        diagnostics.error(entry.span, f"'{entry.keyword}' takes a comma-separated list of names")
+        message = f"'{entry.keyword}' takes a comma-separated list of names"
+        for group in entry.groups:
+            if len(group) > 1 and group[1].span.line > group[0].span.line:
+                message += f"; is a ';' missing at the end of line {group[0].span.line}?"
+                break
+        diagnostics.error(entry.span, message)
         return None
     return [g[0] for g in entry.groups]

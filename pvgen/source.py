@@ -36,5 +36,6 @@ class SourceFile:
     text: str
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
+        # Lines end at \n only, as the lexer counts them (not at \f, \v or U+2028).
+        lines = self.text.split("\n")
         return lines[line - 1] if 0 < line <= len(lines) else ""
