@@ -13,6 +13,7 @@ OPS_PER_GROUP = 200
 PREAMBLE = """\
 /// A synthetic 64-bit arch for compiler benchmarks.
 arch synth {{
+    isa x86_64;
     pointer_size 8;
     data_model LP64;
     registers rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, r8, r9, r10, r11, r12, r13, r14, r15;

@@ -172,7 +172,7 @@ class Assembler:
                 return self._complaints(result.stderr, starts, len(texts)), None
             sections, relocations = _read_object(work / "t.o", len(texts))
             listing = None
-            if self.arch.name != "x86_64":
+            if self.arch.isa != "x86_64":
                 dump = subprocess.run(
                     [self.prefix + "objdump", "-d", str(work / "t.o")], capture_output=True, text=True, check=False
                 )
@@ -181,7 +181,7 @@ class Assembler:
         for index in range(len(texts)):
             code = sections.get(index, b"")
             relocs = relocations.get(index, [])
-            if self.arch.name == "x86_64":
+            if self.arch.isa == "x86_64":
                 out.append(_decode_x86(code, relocs, self.arch))
             else:
                 out.append(_decode_ia64(code, relocs, (listing or {}).get(index, []), self.arch))
@@ -479,17 +479,17 @@ def _verify(request: Request, result: Assembled, arch: ir.Arch, diagnostics: Dia
     where = f"template of '{request.owner}' for {request.hypervisor}"
     for problem in result.problems:
         diagnostics.error(request.span, f"{where}: {problem}")
-    declared = declared_mnemonics(arch.name, request.text)
-    if not _mnemonics_match(arch.name, declared, list(result.instructions)):
+    declared = declared_mnemonics(arch.isa, request.text)
+    if not _mnemonics_match(arch.isa, declared, list(result.instructions)):
         diagnostics.error(
             request.span,
             f"{where} decodes to [{'; '.join(result.instructions)}], not to the declared [{'; '.join(declared)}]",
         )
     fits = len(result.code) <= arch.site_size
     if not fits and not request.out_of_line:
-        unit = "bundles" if arch.name == "ia64" else "bytes"
-        size = len(result.code) // 16 if arch.name == "ia64" else len(result.code)
-        limit = arch.site_size // 16 if arch.name == "ia64" else arch.site_size
+        unit = "bundles" if arch.isa == "ia64" else "bytes"
+        size = len(result.code) // 16 if arch.isa == "ia64" else len(result.code)
+        limit = arch.site_size // 16 if arch.isa == "ia64" else arch.site_size
         diagnostics.error(request.span, f"{where} is {size} {unit}, but a call site holds {limit}")
     extra = [r for r in result.written if r not in request.clobbers]
     if extra:

@@ -6,24 +6,28 @@ only when their unformatted text differs from the last build's (recorded in the 
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
-import json
+import multiprocessing
+import os
 from importlib import resources
 from pathlib import Path
 
 import attrs
 
-from pvgen import __version__
 from pvgen.assemble import TemplateCache, assemble
-from pvgen.backends import JSON, PYTHON, Output, all_backends
+from pvgen.backends import JSON, PYTHON, TEXT, Output, all_backends
 from pvgen.check import check
 from pvgen.diagnostics import Diagnostics
 from pvgen.loader import LoadedSpec, display_path
 from pvgen.writer import write_if_changed
 
-STAMP = ".pvgen-stamp.json"
 CACHE = "templates/cache.json"
-BLACK_LINE_LENGTH = 100
+FILE_LIST = "outputs.txt"  # every file the build generated: what a later build removes when it is gone
+BLACK_LINE_LENGTH = 120
+# The last line of a generated Python file: the digest of the text black was given. When a
+# build renders the same text again, the file on disk is reused and black does not run.
+_DIGEST_LINE = "# pvgen: formatted from {digest}\n"
 
 
 @attrs.frozen
@@ -31,7 +35,6 @@ class BuildResult:
     """Every output of a build, in memory, before anything is written."""
 
     outputs: dict[str, str]  # path below the output directory -> final text
-    raw_python: dict[str, str]  # Python outputs before black, for the stamp
     stale: tuple[str, ...]  # files of an earlier build that this one no longer produces
     read_paths: tuple[str, ...]  # every spec file read
 
@@ -40,39 +43,55 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _load_stamp(out_dir: Path) -> dict[str, object]:
-    try:
-        stamp = json.loads((out_dir / STAMP).read_text())
-    except (OSError, ValueError):
-        return {}
-    return stamp if isinstance(stamp, dict) and stamp.get("generator") == __version__ else {}
+def _formatter() -> str:
+    from importlib.metadata import version
+
+    return f"black {version('black')} line-length {BLACK_LINE_LENGTH}"
 
 
-def _format_python(outputs: list[Output], out_dir: Path, stamp: dict[str, object]) -> dict[str, str]:
-    """Final text of each output; black runs only on Python outputs that changed since the stamp."""
-    previous = stamp.get("python", {})
-    assert isinstance(previous, dict)
+def _format_python(outputs: list[Output], out_dir: Path) -> dict[str, str]:
+    """Final text of each output; black runs only on Python outputs whose rendered text changed."""
     final: dict[str, str] = {}
-    pending: list[Output] = []
+    pending: list[tuple[Output, str]] = []
+    formatter = _formatter()
     for output in outputs:
         if output.kind != PYTHON:
             final[output.path] = output.text
             continue
-        record = previous.get(output.path)
-        on_disk = out_dir / output.path
-        if isinstance(record, dict) and record.get("raw") == _digest(output.text) and on_disk.is_file():
-            text = on_disk.read_text()
-            if _digest(text) == record.get("formatted"):
-                final[output.path] = text
-                continue
-        pending.append(output)
+        marker = _DIGEST_LINE.format(digest=_digest(formatter + "\0" + output.text))
+        try:
+            on_disk = (out_dir / output.path).read_text()
+        except (OSError, UnicodeDecodeError):
+            on_disk = ""
+        if on_disk.endswith(marker):
+            final[output.path] = on_disk
+        else:
+            pending.append((output, marker))
     if pending:
-        import black  # imported only when some Python output changed: it is slow to load
-
-        mode = black.Mode(line_length=BLACK_LINE_LENGTH, target_versions={black.TargetVersion.PY311})
-        for output in pending:
-            final[output.path] = black.format_str(output.text, mode=mode)
+        texts = _black([output.text for output, _ in pending])
+        for (output, marker), text in zip(pending, texts, strict=True):
+            final[output.path] = text + marker
     return final
+
+
+def _black_one(text: str) -> str:
+    import black
+
+    mode = black.Mode(line_length=BLACK_LINE_LENGTH, target_versions={black.TargetVersion.PY311})
+    return black.format_str(text, mode=mode)
+
+
+def _black(texts: list[str]) -> list[str]:
+    """Formats with black: one forked worker per text when there are several and cores to run them."""
+    import black  # imported only when some Python output changed: it is slow to load
+
+    del black
+    workers = min(len(texts), os.cpu_count() or 1)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_black_one(text) for text in texts]
+    context = multiprocessing.get_context("fork")  # the workers inherit black, already imported
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(_black_one, texts))
 
 
 def build(loaded: LoadedSpec, out_dir: Path, diagnostics: Diagnostics) -> BuildResult | None:
@@ -89,19 +108,17 @@ def build(loaded: LoadedSpec, out_dir: Path, diagnostics: Diagnostics) -> BuildR
     for backend in all_backends():
         outputs += backend.render(assembled, sources)
     outputs.append(Output(CACHE, cache.to_json(), JSON))
-    paths = [o.path for o in outputs]
+    paths = sorted(o.path for o in outputs)
     if len(set(paths)) != len(paths):  # pragma: no cover - a backend bug
-        raise AssertionError(f"two backends emit the same file: {sorted(paths)}")
-    stamp = _load_stamp(out_dir)
-    final = _format_python(outputs, out_dir, stamp)
-    previous = stamp.get("outputs", [])
-    stale = (
-        tuple(sorted(p for p in previous if isinstance(p, str) and p not in final))
-        if isinstance(previous, list)
-        else ()
-    )
-    raw = {o.path: o.text for o in outputs if o.kind == PYTHON}
-    return BuildResult(final, raw, stale, loaded.read_paths)
+        raise AssertionError(f"two backends emit the same file: {paths}")
+    outputs.append(Output(FILE_LIST, "".join(f"{p}\n" for p in sorted([*paths, FILE_LIST])), TEXT))
+    final = _format_python(outputs, out_dir)
+    try:
+        earlier = (out_dir / FILE_LIST).read_text().split()
+    except OSError:
+        earlier = []
+    stale = tuple(sorted(p for p in earlier if p not in final and ".." not in p))
+    return BuildResult(final, stale, loaded.read_paths)
 
 
 def write(result: BuildResult, out_dir: Path) -> list[str]:
@@ -111,16 +128,7 @@ def write(result: BuildResult, out_dir: Path) -> list[str]:
         target = out_dir / path
         if target.is_file():
             target.unlink()
-            changed.append(path)
-    stamp = {
-        "generator": __version__,
-        "outputs": sorted(result.outputs),
-        "python": {
-            path: {"raw": _digest(raw), "formatted": _digest(result.outputs[path])}
-            for path, raw in sorted(result.raw_python.items())
-        },
-    }
-    write_if_changed(out_dir / STAMP, json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+            changed.append(path)  # reported as written: it changed
     return changed
 
 

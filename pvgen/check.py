@@ -35,7 +35,9 @@ ARCH_PROPERTIES = (
     "template",
     "const",
     "identity",
+    "isa",
 )
+ISAS = ("ia64", "x86_64")  # instruction sets pvgen can assemble, decode and patch
 HYPERVISOR_PROPERTIES = ("arches", "detect", "execution", "paravirt_enabled", "native_fallback", "const")
 OP_PROPERTIES = ("category", "transfer", "callee_save", "clobbers", "patch_type", "override")
 MACRO_KINDS = ("clobbers", "gr", "kr", "pr")
@@ -191,6 +193,7 @@ class Checker:
         self._unique("mask for arch", [(m.arch, m.span) for m in masks])
         groups = self._apply_masks(groups, masks)
         groups = self._check_indexes(groups)
+        self._check_symbol_signatures(groups)
         yields = [y for e in by_kind["yield"] if (y := self._yield(e))]
         self._unique("yield", [(f"{y.arch}.{y.name}", y.span) for y in yields])
         iommu = self._iommu([e for e in by_kind["iommu"]])
@@ -289,11 +292,12 @@ class Checker:
                 self.error(nop.span, f"NOP form '{nop.value}' is not a hex byte string")
         assembler = block.string("assembler", "the assembler command")
         identity = block.string("identity")
+        isa = block.choice("isa", ISAS, "the instruction set: " + " or ".join(ISAS))
         template = block.names("template") or []
         self._unique("group in template", [(str(v.value), v.span) for v in template])
         self.template_spans.update({(name.text, str(v.value)): v.span for v in template})
         constants = self._constants(block)
-        if None in (pointer, model, site_call, site_size, direct, type_bits, assembler):
+        if None in (pointer, model, site_call, site_size, direct, type_bits, assembler, isa):
             return
         assert pointer and model and site_call and site_size and direct and type_bits and assembler
         self.arches.setdefault(
@@ -319,6 +323,7 @@ class Checker:
                 nops=tuple(str(n.value).lower() for n in nops),
                 assembler=str(assembler.value),
                 identity=str(identity.value) if identity else None,
+                isa=str(isa.value),
                 template=tuple(str(v.value) for v in template),
                 constants=constants,
             ),
@@ -948,6 +953,28 @@ class Checker:
             template = self.arches[group.arch].template
             if template and group.ops and group.name not in template:
                 self.error(group.span, f"group '{group.name}' has ops but is not in the template of {group.arch}")
+
+    def _check_symbol_signatures(self, groups: list[ir.Group]) -> None:
+        """A function called by several ops must have one C signature: it gets one prototype."""
+        first: dict[tuple[str, str], ir.Op] = {}
+        for group in groups:
+            for op in group.ops:
+                signature = (op.returns.text, tuple(p.ctype.text for p in op.params))
+                for impl in [*op.impls, *(i for v in op.variants for i in v.impls)]:
+                    if impl.kind != ir.IMPL_CALL or impl.source != "declared" or impl.text is None:
+                        continue
+                    key = (op.arch, impl.text)
+                    other = first.setdefault(key, op)
+                    if other is op:
+                        continue
+                    theirs = (other.returns.text, tuple(p.ctype.text for p in other.params))
+                    if theirs != signature:
+                        self.error(
+                            impl.span,
+                            f"'{impl.text}' implements ops with different signatures: '{op.qualname}' here and "
+                            f"'{other.qualname}'",
+                            Note(f"'{other.qualname}' is declared here", other.span),
+                        )
 
     def _check_asm_macro_ops(self) -> None:
         for key, span in sorted(self.asm_macro_ops.items(), key=lambda kv: kv[1]):

@@ -56,6 +56,7 @@ class Arch:
     template: tuple[str, ...]
     constants: tuple[Constant, ...]
     identity: str | None  # the template that patches an `identity` op (x86-64: mov %rdi, %rax)
+    isa: str  # "x86_64" | "ia64": how templates are decoded and patched
 
 
 @attrs.frozen

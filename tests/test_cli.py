@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +47,30 @@ def test_non_utf8_file_is_located(tmp_path: Path) -> None:
 def test_python_dash_m_and_console_script_agree() -> None:
     result = subprocess.run([sys.executable, "-m", "pvgen", "check"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_disasm_x86_and_errors() -> None:
+    code, out, _ = run_cli("disasm", "--arch", "x86_64", "--hex", "fa 9c58 0f22df")
+    assert code == 0 and out.splitlines()[0].endswith("cli") and "movq %rdi, %cr3" in out
+    assert run_cli("disasm", "--arch", "ia64", "--hex", "0180")[0] == 1
+    assert run_cli("disasm", "--arch", "ia64", "--hex", "zz")[0] == 2
+    assert run_cli("disasm", "--arch", "sparc", "--hex", "00")[0] == 2
+
+
+def test_disasm_ia64_matches_objdump(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("ia64-linux-gnu-objdump") is None:
+        import pytest
+
+        pytest.skip("ia64-linux-gnu-objdump is not installed (Debian: binutils-ia64-linux-gnu)")
+    code_hex = json.loads((ROOT / "generated" / "templates" / "ia64" / "xen.json").read_text())["templates"][0]["bytes"]
+    blob = tmp_path / "code.bin"
+    blob.write_bytes(bytes.fromhex(code_hex))
+    code, out, _ = run_cli("disasm", "--arch", "ia64", str(blob))
+    assert code == 0
+    dump = subprocess.run(
+        ["ia64-linux-gnu-objdump", "-D", "-b", "binary", "-m", "ia64", str(blob)], capture_output=True, text=True
+    ).stdout
+    theirs = [line for line in dump.splitlines() if re.match(r"\s+[0-9a-f]+:\t", line)]
+    assert out.splitlines() == theirs

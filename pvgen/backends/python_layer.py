@@ -10,47 +10,24 @@ from pvgen.assemble import IDENTITY
 from pvgen.backends import PYTHON, Output, banner, render_template
 
 
-def _impl_view(op: ir.Op, impl: ir.Impl, templates: dict[tuple[str, str, str], ir.Template], owner: str) -> str:
+def _impl_row(op: ir.Op, impl: ir.Impl, templates: dict[tuple[str, str, str], ir.Template], owner: str) -> str:
+    """One implementation as a short tuple literal: kind, symbol, template hex, inline, preserves, relocs, location."""
     template = templates.get((op.arch, owner, impl.hypervisor))
     fields: list[Any] = [
         impl.kind,
         impl.text if impl.kind == ir.IMPL_CALL else None,
-        template.code if template else None,
+        template.code.hex() if template else None,
         bool(template and template.fits_site and not template.out_of_line),
         impl.preserves_registers,
         tuple((r.offset, r.kind, r.symbol) for r in template.relocations) if template else (),
         impl.span.location,
     ]
-    return "Impl(" + ", ".join(repr(f) for f in fields) + ")"
+    return "(" + ", ".join(repr(f) for f in fields) + ")"
 
 
 def _clobber_mask(arch: ir.Arch, clobbers: Sequence[str]) -> int:
     bits = dict(arch.clobber_bits)
     return sum(1 << bits[r] for r in clobbers if r in bits)
-
-
-def _op_view(op: ir.Op, arch: ir.Arch, templates: dict[tuple[str, str, str], ir.Template]) -> dict[str, Any]:
-    impls = {impl.hypervisor: _impl_view(op, impl, templates, op.qualname) for impl in op.impls}
-    variants = []
-    for variant in op.variants:
-        owner = f"{op.qualname}[{variant.name}]"
-        variant_impls = {impl.hypervisor: _impl_view(op, impl, templates, owner) for impl in variant.impls}
-        variants.append((variant.name, variant.patch_type, variant_impls))
-    return {
-        "name": op.name,
-        "group": op.group,
-        "index": op.index,
-        "category": op.category,
-        "transfer": op.transfer,
-        "callee_save": op.callee_save,
-        "returns_value": op.returns.kind != "void",
-        "params": tuple(p.name for p in op.params),
-        "clobbers": op.clobbers,
-        "clobber_mask": _clobber_mask(arch, op.clobbers),
-        "impls": impls,
-        "variants": variants,
-        "location": op.span.location,
-    }
 
 
 def _hypervisor_view(hypervisor: ir.Hypervisor, arch: str) -> dict[str, Any]:
@@ -79,13 +56,54 @@ class PythonLayerBackend:
             identity = templates.get((arch.name, IDENTITY, ir.NATIVE))
             groups = [g for g in build.spec.groups if g.arch == arch.name]
             mask = next((m for m in build.spec.masks if m.arch == arch.name), None)
+            hypervisors = [h for h in build.spec.hypervisors if arch.name in h.arches]
+            yields = [y for y in build.spec.yields if y.arch == arch.name]
+            ops = [op for g in groups for op in g.ops]
+            clobber_sets = sorted({op.clobbers for op in ops} | {v.clobbers for op in ops for v in op.variants})
+            op_rows, impl_rows, variant_rows = [], [], []
+            for op in ops:
+                row = (
+                    op.name,
+                    op.group,
+                    op.index,
+                    op.category,
+                    op.transfer,
+                    op.callee_save,
+                    op.returns.kind != "void",
+                    tuple(p.name for p in op.params),
+                    clobber_sets.index(op.clobbers),
+                    _clobber_mask(arch, op.clobbers),
+                    op.span.location,
+                )
+                op_rows.append(repr(row))
+                rows = [(repr(i.hypervisor), _impl_row(op, i, templates, op.qualname)) for i in op.impls]
+                impl_rows.append((repr(op.qualname), rows))
+                for variant in op.variants:
+                    owner = f"{op.qualname}[{variant.name}]"
+                    variant_rows.append(
+                        repr(
+                            (
+                                op.qualname,
+                                variant.name,
+                                variant.patch_type,
+                                clobber_sets.index(variant.clobbers),
+                                variant.span.location,
+                            )
+                        )
+                    )
+                    impl_rows.append(
+                        (repr(owner), [(repr(i.hypervisor), _impl_row(op, i, templates, owner)) for i in variant.impls])
+                    )
             view = {
                 "banner": banner("#", sources),
                 "arch": arch,
-                "nops": tuple(bytes.fromhex(n) for n in arch.nops),
-                "identity": identity.code if identity else None,
+                "nops": tuple(arch.nops),
+                "identity": identity.code.hex() if identity else None,
                 "clobber_bits": dict(arch.clobber_bits),
-                "ops": [_op_view(op, arch, templates) for g in groups for op in g.ops],
+                "clobber_sets": clobber_sets,
+                "op_rows": op_rows,
+                "impl_rows": impl_rows,
+                "variant_rows": variant_rows,
                 "groups": [(g.name, g.struct, g.mask_bit) for g in groups],
                 "data": {
                     h.name: {
@@ -95,17 +113,12 @@ class PythonLayerBackend:
                         for v in d.values
                         if v.hypervisor == h.name
                     }
-                    for h in build.spec.hypervisors
-                    if arch.name in h.arches
+                    for h in hypervisors
                 },
-                "hypervisors": [
-                    _hypervisor_view(h, arch.name) for h in build.spec.hypervisors if arch.name in h.arches
-                ],
+                "hypervisors": [_hypervisor_view(h, arch.name) for h in hypervisors],
                 "mask_cmdline": mask.cmdline if mask else None,
                 "mask_bits": dict(mask.bits) if mask else {},
-                "yields": [
-                    (y.name, y.function, y.when, y.hypervisors) for y in build.spec.yields if y.arch == arch.name
-                ],
+                "yields": [(y.name, y.function, y.when, y.hypervisors) for y in yields],
                 "iommu": [
                     (e.detect, e.depends, e.early_init, e.late_init, e.finish, e.buses, e.found_under)
                     for e in build.spec.iommu
@@ -114,9 +127,6 @@ class PythonLayerBackend:
             }
             text = render_template("python_layer.py.mako", **view)
             outputs.append(Output(f"python/pvops_{arch.name}.py", text, PYTHON))
-        package = (
-            banner("#", sources)
-            + '"""pvgen\'s generated Python layer, one module per arch (import pvgen.generated)."""\n'
-        )
+        package = banner("#", sources) + '"""The generated Python layer of pvgen, one module per arch."""\n'
         outputs.append(Output("python/__init__.py", package, PYTHON))
         return outputs

@@ -10,8 +10,8 @@ POINTER_SIZE = ${arch.pointer_size}
 SITE_SIZE = ${arch.site_size}
 DIRECT_CALL_SIZE = ${arch.direct_call_size}
 SITE_TYPE_BITS = ${arch.site_type_bits}
-NOPS = ${repr(nops)}
-IDENTITY_TEMPLATE = ${repr(identity)}
+NOPS = tuple(bytes.fromhex(nop) for nop in ${repr(nops)})
+IDENTITY_TEMPLATE = ${"bytes.fromhex(%r)" % identity if identity else "None"}
 CLOBBER_BITS = ${repr(clobber_bits)}
 ARG_REGISTERS = ${repr(arch.args)}
 RETURN_REGISTERS = ${repr(arch.returns)}
@@ -70,41 +70,58 @@ class MaskError(ValueError):
     """A bad forced-native mask on the kernel command line, or one the environment cannot honour."""
 
 
-OPS: tuple[Op, ...] = (
-% for op in ops:
-    Op(
-        ${repr(op["name"])},
-        ${repr(op["group"])},
-        ${op["index"]},
-        ${repr(op["category"])},
-        ${repr(op["transfer"])},
-        ${op["callee_save"]},
-        ${op["returns_value"]},
-        ${repr(op["params"])},
-        ${repr(op["clobbers"])},
-        ${op["clobber_mask"]},
-        {
-% for hypervisor, impl in op["impls"].items():
-            ${repr(hypervisor)}: ${impl},
-% endfor
-        },
-        (
-% for name, patch_type, impls in op["variants"]:
-            (
-                ${repr(name)},
-                ${patch_type},
-                {
-% for hypervisor, impl in impls.items():
-                    ${repr(hypervisor)}: ${impl},
-% endfor
-                },
-            ),
-% endfor
-        ),
-        ${repr(op["location"])},
-    ),
+# The op tables, one row per op, implementation and register variant.
+CLOBBER_SETS = (
+% for clobbers in clobber_sets:
+    ${repr(clobbers)},
 % endfor
 )
+# name, group, index, category, transfer, callee_save, returns_value, params, clobber set, clobber mask, location
+OP_ROWS = (
+% for row in op_rows:
+    ${row},
+% endfor
+)
+# owner: {hypervisor: (kind, symbol, template hex, inline, preserves_registers, relocations, location)}
+IMPL_ROWS = {
+% for owner, rows in impl_rows:
+    ${owner}: {
+% for hypervisor, row in rows:
+        ${hypervisor}: ${row},
+% endfor
+    },
+% endfor
+}
+# op, variant, patch type, clobber set, location
+VARIANT_ROWS = (
+% for row in variant_rows:
+    ${row},
+% endfor
+)
+
+
+def _impl(row: tuple) -> Impl:  # type: ignore[type-arg]
+    kind, symbol, template, inline, preserves, relocations, location = row
+    code = bytes.fromhex(template) if template is not None else None
+    return Impl(kind, symbol, code, inline, preserves, relocations, location)
+
+
+def _ops() -> tuple[Op, ...]:
+    impls = {owner: {hypervisor: _impl(row) for hypervisor, row in rows.items()} for owner, rows in IMPL_ROWS.items()}
+    variants: dict[str, list[tuple[str, int, dict[str, Impl]]]] = {}
+    for qualname, name, patch_type, _clobbers, _location in VARIANT_ROWS:
+        variants.setdefault(qualname, []).append((name, patch_type, impls[f"{qualname}[{name}]"]))
+    ops = []
+    for name, group, index, category, transfer, callee_save, returns, params, clobbers, mask, location in OP_ROWS:
+        qualname = f"{group}.{name}"
+        ops.append(
+            Op(name, group, index, category, transfer, callee_save, returns, params, CLOBBER_SETS[clobbers], mask,
+               impls[qualname], tuple(variants.get(qualname, ())), location)
+        )
+    return tuple(ops)
+
+
+OPS = _ops()
 OPS_BY_INDEX = {op.index: op for op in OPS if op.index >= 0}
 OPS_BY_NAME = {f"{op.group}.{op.name}": op for op in OPS}
 
