@@ -58,6 +58,7 @@ def all_backends() -> list[Backend]:
     from pvgen.backends.manifest import ManifestBackend
     from pvgen.backends.patch_templates import PatchTemplateBackend
     from pvgen.backends.python_layer import PythonLayerBackend
+    from pvgen.backends.yielding import YieldingBackend
 
     backends: list[Backend] = [
         AsmMacroBackend(),
@@ -65,5 +66,6 @@ def all_backends() -> list[Backend]:
         ManifestBackend(),
         PatchTemplateBackend(),
         PythonLayerBackend(),
+        YieldingBackend(),
     ]
     return sorted(backends, key=lambda b: b.name)

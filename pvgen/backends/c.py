@@ -620,7 +620,7 @@ class _Layer:
             for impl in op.impls:
                 if impl.kind == ir.IMPL_CALL and impl.text is not None and impl.text not in seen:
                     seen.add(impl.text)
-                    lines.append(Line(_function(op, impl.text) + ";", impl.span.location))
+                    lines.append(Line("PVGEN_IMPL " + _function(op, impl.text) + ";", impl.span.location))
         return lines
 
     def wrapper(self, op: ir.Op) -> WrapperView:

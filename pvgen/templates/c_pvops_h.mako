@@ -76,7 +76,14 @@ ${line}
 % endfor
 % endif
 
-/* Every implementation named by a `call`, under any hypervisor. */
+/*
+ * Every implementation named by a `call`, under any hypervisor. A partial image (one that
+ * links only the implementations it runs) defines PVGEN_IMPL as __attribute__((weak)):
+ * a missing one is then NULL in the tables, and its sites are patched to ud2.
+ */
+#ifndef PVGEN_IMPL
+#define PVGEN_IMPL
+#endif
 % for line in v.prototypes:
 ${line.text} /* ${line.location} */
 % endfor

@@ -308,44 +308,51 @@ extern struct pv_time_ops pv_time_ops;
 extern const struct pv_time_ops pv_time_ops_native;
 extern const struct pv_time_ops pv_time_ops_xen;
 
-/* Every implementation named by a `call`, under any hypervisor. */
-unsigned long ia64_native_getreg_func(int reg); /* spec/ia64/cpu.pvspec:67 */
-unsigned long xen_getreg(int reg); /* spec/ia64/cpu.pvspec:68 */
-void ia64_native_setreg_func(int reg, unsigned long val); /* spec/ia64/cpu.pvspec:539 */
-void xen_setreg(int reg, unsigned long val); /* spec/ia64/cpu.pvspec:540 */
-void xen_banner(void); /* spec/ia64/init.pvspec:17 */
-int xen_reserve_memory(struct rsvd_region *region); /* spec/ia64/init.pvspec:26 */
-void xen_arch_setup_early(void); /* spec/ia64/init.pvspec:35 */
-void xen_arch_setup_console(char **cmdline_p); /* spec/ia64/init.pvspec:42 */
-int xen_arch_setup_nomca(void); /* spec/ia64/init.pvspec:51 */
-void xen_post_smp_prepare_boot_cpu(void); /* spec/ia64/init.pvspec:59 */
-unsigned long ia64_native_patch_bundle(void *sbundle, void *ebundle, unsigned long type); /* spec/ia64/init.pvspec:71 */
-unsigned long xen_patch_bundle(void *sbundle, void *ebundle, unsigned long type); /* spec/ia64/init.pvspec:72 */
-void ia64_native_patch_branch(unsigned long tag, unsigned long type); /* spec/ia64/init.pvspec:89 */
-void xen_patch_branch(unsigned long tag, unsigned long type); /* spec/ia64/init.pvspec:90 */
-void ia64_native_iosapic_pcat_compat_init(void); /* spec/ia64/iosapic.pvspec:13 */
-struct irq_chip *ia64_native_iosapic_get_irq_chip(unsigned long trigger); /* spec/ia64/iosapic.pvspec:20 */
-struct irq_chip *xen_iosapic_get_irq_chip(unsigned long trigger); /* spec/ia64/iosapic.pvspec:21 */
-unsigned int ia64_native_iosapic_read(char __iomem *iosapic, unsigned int reg); /* spec/ia64/iosapic.pvspec:28 */
-unsigned int xen_iosapic_read(char __iomem *iosapic, unsigned int reg); /* spec/ia64/iosapic.pvspec:29 */
-void ia64_native_iosapic_write(char __iomem *iosapic, unsigned int reg, u32 val); /* spec/ia64/iosapic.pvspec:35 */
-void xen_iosapic_write(char __iomem *iosapic, unsigned int reg, u32 val); /* spec/ia64/iosapic.pvspec:36 */
-void ia64_native_register_ipi(void); /* spec/ia64/irq.pvspec:12 */
-void xen_register_ipi(void); /* spec/ia64/irq.pvspec:13 */
-int ia64_native_assign_irq_vector(int irq); /* spec/ia64/irq.pvspec:19 */
-int xen_assign_irq_vector(int irq); /* spec/ia64/irq.pvspec:20 */
-void ia64_native_free_irq_vector(int vector); /* spec/ia64/irq.pvspec:26 */
-void xen_free_irq_vector(int vector); /* spec/ia64/irq.pvspec:27 */
-void ia64_native_register_percpu_irq(ia64_vector vec, struct irqaction *action); /* spec/ia64/irq.pvspec:33 */
-void xen_register_percpu_irq(ia64_vector vec, struct irqaction *action); /* spec/ia64/irq.pvspec:34 */
-void ia64_native_resend_irq(unsigned int vector); /* spec/ia64/irq.pvspec:40 */
-void xen_resend_irq(unsigned int vector); /* spec/ia64/irq.pvspec:41 */
-void xen_init_missing_ticks_accounting(int cpu); /* spec/ia64/time.pvspec:14 */
-int ia64_native_do_steal_accounting(unsigned long *new_itm); /* spec/ia64/time.pvspec:22 */
-int xen_do_steal_accounting(unsigned long *new_itm); /* spec/ia64/time.pvspec:23 */
-void xen_itc_jitter_data_reset(void); /* spec/ia64/time.pvspec:31 */
-unsigned long long ia64_native_sched_clock(void); /* spec/ia64/time.pvspec:38 */
-unsigned long long xen_sched_clock(void); /* spec/ia64/time.pvspec:39 */
+/*
+ * Every implementation named by a `call`, under any hypervisor. A partial image (one that
+ * links only the implementations it runs) defines PVGEN_IMPL as __attribute__((weak)):
+ * a missing one is then NULL in the tables, and its sites are patched to ud2.
+ */
+#ifndef PVGEN_IMPL
+#define PVGEN_IMPL
+#endif
+PVGEN_IMPL unsigned long ia64_native_getreg_func(int reg); /* spec/ia64/cpu.pvspec:67 */
+PVGEN_IMPL unsigned long xen_getreg(int reg); /* spec/ia64/cpu.pvspec:68 */
+PVGEN_IMPL void ia64_native_setreg_func(int reg, unsigned long val); /* spec/ia64/cpu.pvspec:539 */
+PVGEN_IMPL void xen_setreg(int reg, unsigned long val); /* spec/ia64/cpu.pvspec:540 */
+PVGEN_IMPL void xen_banner(void); /* spec/ia64/init.pvspec:17 */
+PVGEN_IMPL int xen_reserve_memory(struct rsvd_region *region); /* spec/ia64/init.pvspec:26 */
+PVGEN_IMPL void xen_arch_setup_early(void); /* spec/ia64/init.pvspec:35 */
+PVGEN_IMPL void xen_arch_setup_console(char **cmdline_p); /* spec/ia64/init.pvspec:42 */
+PVGEN_IMPL int xen_arch_setup_nomca(void); /* spec/ia64/init.pvspec:51 */
+PVGEN_IMPL void xen_post_smp_prepare_boot_cpu(void); /* spec/ia64/init.pvspec:59 */
+PVGEN_IMPL unsigned long ia64_native_patch_bundle(void *sbundle, void *ebundle, unsigned long type); /* spec/ia64/init.pvspec:71 */
+PVGEN_IMPL unsigned long xen_patch_bundle(void *sbundle, void *ebundle, unsigned long type); /* spec/ia64/init.pvspec:72 */
+PVGEN_IMPL void ia64_native_patch_branch(unsigned long tag, unsigned long type); /* spec/ia64/init.pvspec:89 */
+PVGEN_IMPL void xen_patch_branch(unsigned long tag, unsigned long type); /* spec/ia64/init.pvspec:90 */
+PVGEN_IMPL void ia64_native_iosapic_pcat_compat_init(void); /* spec/ia64/iosapic.pvspec:13 */
+PVGEN_IMPL struct irq_chip *ia64_native_iosapic_get_irq_chip(unsigned long trigger); /* spec/ia64/iosapic.pvspec:20 */
+PVGEN_IMPL struct irq_chip *xen_iosapic_get_irq_chip(unsigned long trigger); /* spec/ia64/iosapic.pvspec:21 */
+PVGEN_IMPL unsigned int ia64_native_iosapic_read(char __iomem *iosapic, unsigned int reg); /* spec/ia64/iosapic.pvspec:28 */
+PVGEN_IMPL unsigned int xen_iosapic_read(char __iomem *iosapic, unsigned int reg); /* spec/ia64/iosapic.pvspec:29 */
+PVGEN_IMPL void ia64_native_iosapic_write(char __iomem *iosapic, unsigned int reg, u32 val); /* spec/ia64/iosapic.pvspec:35 */
+PVGEN_IMPL void xen_iosapic_write(char __iomem *iosapic, unsigned int reg, u32 val); /* spec/ia64/iosapic.pvspec:36 */
+PVGEN_IMPL void ia64_native_register_ipi(void); /* spec/ia64/irq.pvspec:12 */
+PVGEN_IMPL void xen_register_ipi(void); /* spec/ia64/irq.pvspec:13 */
+PVGEN_IMPL int ia64_native_assign_irq_vector(int irq); /* spec/ia64/irq.pvspec:19 */
+PVGEN_IMPL int xen_assign_irq_vector(int irq); /* spec/ia64/irq.pvspec:20 */
+PVGEN_IMPL void ia64_native_free_irq_vector(int vector); /* spec/ia64/irq.pvspec:26 */
+PVGEN_IMPL void xen_free_irq_vector(int vector); /* spec/ia64/irq.pvspec:27 */
+PVGEN_IMPL void ia64_native_register_percpu_irq(ia64_vector vec, struct irqaction *action); /* spec/ia64/irq.pvspec:33 */
+PVGEN_IMPL void xen_register_percpu_irq(ia64_vector vec, struct irqaction *action); /* spec/ia64/irq.pvspec:34 */
+PVGEN_IMPL void ia64_native_resend_irq(unsigned int vector); /* spec/ia64/irq.pvspec:40 */
+PVGEN_IMPL void xen_resend_irq(unsigned int vector); /* spec/ia64/irq.pvspec:41 */
+PVGEN_IMPL void xen_init_missing_ticks_accounting(int cpu); /* spec/ia64/time.pvspec:14 */
+PVGEN_IMPL int ia64_native_do_steal_accounting(unsigned long *new_itm); /* spec/ia64/time.pvspec:22 */
+PVGEN_IMPL int xen_do_steal_accounting(unsigned long *new_itm); /* spec/ia64/time.pvspec:23 */
+PVGEN_IMPL void xen_itc_jitter_data_reset(void); /* spec/ia64/time.pvspec:31 */
+PVGEN_IMPL unsigned long long ia64_native_sched_clock(void); /* spec/ia64/time.pvspec:38 */
+PVGEN_IMPL unsigned long long xen_sched_clock(void); /* spec/ia64/time.pvspec:39 */
 
 /* The pv_cpu_ops calling stub (5 bundles), and a patch site: the stub in a bundle record. */
 #define PVGEN_IA64_STUB             \

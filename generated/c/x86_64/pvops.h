@@ -425,138 +425,145 @@ PVOPS_X86_64_OPS(PVGEN_CHECK_SLOT)
 _Static_assert(sizeof(struct pv_ops_template) == PV_OP_COUNT * 8, "the template holds the ops' slots and nothing else");
 _Static_assert(PV_OP_COUNT <= 256, "an op index must fit the 8-bit type of a site record");
 
-/* Every implementation named by a `call`, under any hypervisor. */
-unsigned native_patch(u8 type, u16 clobber, void *insnbuf, unsigned long addr, unsigned len); /* spec/x86_64/init.pvspec:17 */
-unsigned xen_patch(u8 type, u16 clobber, void *insnbuf, unsigned long addr, unsigned len); /* spec/x86_64/init.pvspec:20 */
-unsigned long long kvm_sched_clock_read(void); /* spec/x86_64/time.pvspec:19 */
-unsigned long long native_sched_clock(void); /* spec/x86_64/time.pvspec:17 */
-unsigned long long xen_clocksource_read(void); /* spec/x86_64/time.pvspec:18 */
-unsigned long long kvm_steal_clock(int cpu); /* spec/x86_64/time.pvspec:29 */
-unsigned long long native_steal_clock(int cpu); /* spec/x86_64/time.pvspec:27 */
-unsigned long long xen_steal_clock(int cpu); /* spec/x86_64/time.pvspec:28 */
-unsigned long native_get_debugreg(int regno); /* spec/x86_64/cpu.pvspec:17 */
-unsigned long xen_get_debugreg(int regno); /* spec/x86_64/cpu.pvspec:18 */
-void native_set_debugreg(int regno, unsigned long value); /* spec/x86_64/cpu.pvspec:25 */
-void xen_set_debugreg(int regno, unsigned long value); /* spec/x86_64/cpu.pvspec:26 */
-unsigned long native_read_cr0(void); /* spec/x86_64/cpu.pvspec:33 */
-unsigned long xen_read_cr0(void); /* spec/x86_64/cpu.pvspec:34 */
-void native_write_cr0(unsigned long cr0); /* spec/x86_64/cpu.pvspec:42 */
-void xen_write_cr0(unsigned long cr0); /* spec/x86_64/cpu.pvspec:43 */
-void native_write_cr4(unsigned long cr4); /* spec/x86_64/cpu.pvspec:51 */
-void xen_write_cr4(unsigned long cr4); /* spec/x86_64/cpu.pvspec:52 */
-unsigned long native_read_cr8(void); /* spec/x86_64/cpu.pvspec:60 */
-unsigned long xen_read_cr8(void); /* spec/x86_64/cpu.pvspec:61 */
-void native_write_cr8(unsigned long cr8); /* spec/x86_64/cpu.pvspec:69 */
-void xen_write_cr8(unsigned long cr8); /* spec/x86_64/cpu.pvspec:70 */
-void native_load_tr_desc(void); /* spec/x86_64/cpu.pvspec:77 */
-void native_load_gdt(const struct desc_ptr *dtr); /* spec/x86_64/cpu.pvspec:86 */
-void xen_load_gdt(const struct desc_ptr *dtr); /* spec/x86_64/cpu.pvspec:87 */
-void native_load_idt(const struct desc_ptr *dtr); /* spec/x86_64/cpu.pvspec:95 */
-void xen_load_idt(const struct desc_ptr *dtr); /* spec/x86_64/cpu.pvspec:96 */
-void native_set_ldt(const void *desc, unsigned int entries); /* spec/x86_64/cpu.pvspec:103 */
-void xen_set_ldt(const void *desc, unsigned int entries); /* spec/x86_64/cpu.pvspec:104 */
-unsigned long native_store_tr(void); /* spec/x86_64/cpu.pvspec:111 */
-unsigned long xen_store_tr(void); /* spec/x86_64/cpu.pvspec:112 */
-void native_load_tls(struct thread_struct *t, unsigned int cpu); /* spec/x86_64/cpu.pvspec:120 */
-void xen_load_tls(struct thread_struct *t, unsigned int cpu); /* spec/x86_64/cpu.pvspec:121 */
-void native_load_gs_index(unsigned int idx); /* spec/x86_64/cpu.pvspec:129 */
-void xen_load_gs_index(unsigned int idx); /* spec/x86_64/cpu.pvspec:130 */
-void native_write_ldt_entry(struct desc_struct *ldt, int entrynum, const void *desc); /* spec/x86_64/cpu.pvspec:138 */
-void xen_write_ldt_entry(struct desc_struct *ldt, int entrynum, const void *desc); /* spec/x86_64/cpu.pvspec:139 */
-void native_write_gdt_entry(struct desc_struct *gdt, int entrynum, const void *desc, int type); /* spec/x86_64/cpu.pvspec:147 */
-void xen_write_gdt_entry(struct desc_struct *gdt, int entrynum, const void *desc, int type); /* spec/x86_64/cpu.pvspec:148 */
-void native_write_idt_entry(gate_desc *idt, int entrynum, const gate_desc *gate); /* spec/x86_64/cpu.pvspec:156 */
-void xen_write_idt_entry(gate_desc *idt, int entrynum, const gate_desc *gate); /* spec/x86_64/cpu.pvspec:157 */
-void xen_alloc_ldt(struct desc_struct *ldt, unsigned int entries); /* spec/x86_64/cpu.pvspec:166 */
-void xen_free_ldt(struct desc_struct *ldt, unsigned int entries); /* spec/x86_64/cpu.pvspec:175 */
-void native_load_sp0(unsigned long sp0); /* spec/x86_64/cpu.pvspec:184 */
-void xen_load_sp0(unsigned long sp0); /* spec/x86_64/cpu.pvspec:185 */
-void native_set_iopl_mask(unsigned int mask); /* spec/x86_64/cpu.pvspec:193 */
-void xen_set_iopl_mask(unsigned int mask); /* spec/x86_64/cpu.pvspec:194 */
-void native_cpuid(unsigned int *eax, unsigned int *ebx, unsigned int *ecx, unsigned int *edx); /* spec/x86_64/cpu.pvspec:222 */
-void xen_cpuid(unsigned int *eax, unsigned int *ebx, unsigned int *ecx, unsigned int *edx); /* spec/x86_64/cpu.pvspec:223 */
-u64 native_read_msr(unsigned int msr); /* spec/x86_64/cpu.pvspec:230 */
-u64 xen_read_msr(unsigned int msr); /* spec/x86_64/cpu.pvspec:231 */
-void native_write_msr(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:239 */
-void xen_write_msr(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:240 */
-u64 native_read_msr_safe(unsigned int msr, int *err); /* spec/x86_64/cpu.pvspec:247 */
-u64 xen_read_msr_safe(unsigned int msr, int *err); /* spec/x86_64/cpu.pvspec:248 */
-int native_write_msr_safe(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:255 */
-int xen_write_msr_safe(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:256 */
-u64 native_read_pmc(int counter); /* spec/x86_64/cpu.pvspec:263 */
-u64 xen_read_pmc(int counter); /* spec/x86_64/cpu.pvspec:264 */
-void xen_sysret64(void); /* spec/x86_64/cpu.pvspec:277 */
-void xen_iret(void); /* spec/x86_64/cpu.pvspec:290 */
-void paravirt_start_context_switch(struct task_struct *prev); /* spec/x86_64/cpu.pvspec:309 */
-void xen_end_context_switch(struct task_struct *next); /* spec/x86_64/cpu.pvspec:318 */
-unsigned long xen_save_fl_direct(void); /* spec/x86_64/irq.pvspec:19 */
-void xen_restore_fl_direct(unsigned long flags); /* spec/x86_64/irq.pvspec:30 */
-void xen_irq_disable_direct(void); /* spec/x86_64/irq.pvspec:40 */
-void xen_irq_enable_direct(void); /* spec/x86_64/irq.pvspec:50 */
-void xen_safe_halt(void); /* spec/x86_64/irq.pvspec:59 */
-void xen_halt(void); /* spec/x86_64/irq.pvspec:68 */
-void xen_adjust_exception_frame(void); /* spec/x86_64/irq.pvspec:79 */
-unsigned long xen_read_cr2(void); /* spec/x86_64/mmu.pvspec:21 */
-void native_write_cr2(unsigned long cr2); /* spec/x86_64/mmu.pvspec:28 */
-void xen_write_cr2(unsigned long cr2); /* spec/x86_64/mmu.pvspec:29 */
-unsigned long xen_read_cr3(void); /* spec/x86_64/mmu.pvspec:38 */
-void xen_write_cr3(unsigned long cr3); /* spec/x86_64/mmu.pvspec:48 */
-void xen_activate_mm(struct mm_struct *prev, struct mm_struct *next); /* spec/x86_64/mmu.pvspec:57 */
-void xen_dup_mmap(struct mm_struct *oldmm, struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:66 */
-void xen_exit_mmap(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:74 */
-void native_flush_tlb(void); /* spec/x86_64/mmu.pvspec:81 */
-void xen_flush_tlb(void); /* spec/x86_64/mmu.pvspec:82 */
-void native_flush_tlb_global(void); /* spec/x86_64/mmu.pvspec:90 */
-void xen_flush_tlb_one_user(unsigned long addr); /* spec/x86_64/mmu.pvspec:101 */
-void kvm_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:113 */
-void native_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:111 */
-void xen_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:112 */
-int __paravirt_pgd_alloc(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:120 */
-int xen_pgd_alloc(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:121 */
-void xen_pgd_free(struct mm_struct *mm, pgd_t *pgd); /* spec/x86_64/mmu.pvspec:129 */
-void xen_alloc_pte(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:139 */
-void xen_alloc_pmd(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:147 */
-void xen_alloc_pud(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:155 */
-void xen_release_pte(unsigned long pfn); /* spec/x86_64/mmu.pvspec:173 */
-void xen_release_pmd(unsigned long pfn); /* spec/x86_64/mmu.pvspec:181 */
-void xen_release_pud(unsigned long pfn); /* spec/x86_64/mmu.pvspec:189 */
-void native_set_pte(pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:205 */
-void xen_set_pte(pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:206 */
-void native_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:213 */
-void xen_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:214 */
-void native_set_pmd(pmd_t *pmdp, pmd_t pmdval); /* spec/x86_64/mmu.pvspec:221 */
-void xen_set_pmd(pmd_t *pmdp, pmd_t pmdval); /* spec/x86_64/mmu.pvspec:222 */
-pte_t __ptep_modify_prot_start(struct mm_struct *mm, unsigned long addr, pte_t *ptep); /* spec/x86_64/mmu.pvspec:230 */
-void __ptep_modify_prot_commit(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pte); /* spec/x86_64/mmu.pvspec:239 */
-pteval_t xen_pte_val(pte_t pte); /* spec/x86_64/mmu.pvspec:250 */
-pte_t xen_make_pte(pteval_t pte); /* spec/x86_64/mmu.pvspec:260 */
-pgdval_t xen_pgd_val(pgd_t pgd); /* spec/x86_64/mmu.pvspec:269 */
-pgd_t xen_make_pgd(pgdval_t pgd); /* spec/x86_64/mmu.pvspec:278 */
-void native_set_pud(pud_t *pudp, pud_t pudval); /* spec/x86_64/mmu.pvspec:285 */
-void xen_set_pud(pud_t *pudp, pud_t pudval); /* spec/x86_64/mmu.pvspec:286 */
-pmdval_t xen_pmd_val(pmd_t pmd); /* spec/x86_64/mmu.pvspec:295 */
-pmd_t xen_make_pmd(pmdval_t pmd); /* spec/x86_64/mmu.pvspec:304 */
-pudval_t xen_pud_val(pud_t pud); /* spec/x86_64/mmu.pvspec:313 */
-pud_t xen_make_pud(pudval_t pud); /* spec/x86_64/mmu.pvspec:322 */
-void native_set_p4d(p4d_t *p4dp, p4d_t p4dval); /* spec/x86_64/mmu.pvspec:329 */
-void xen_set_p4d(p4d_t *p4dp, p4d_t p4dval); /* spec/x86_64/mmu.pvspec:330 */
-p4dval_t xen_p4d_val(p4d_t p4d); /* spec/x86_64/mmu.pvspec:339 */
-p4d_t xen_make_p4d(p4dval_t p4d); /* spec/x86_64/mmu.pvspec:348 */
-void native_set_pgd(pgd_t *pgdp, pgd_t pgdval); /* spec/x86_64/mmu.pvspec:356 */
-void paravirt_enter_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:366 */
-void xen_leave_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:375 */
-void paravirt_flush_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:384 */
-void native_set_fixmap(unsigned int idx, phys_addr_t phys, pgprot_t flags); /* spec/x86_64/mmu.pvspec:392 */
-void xen_set_fixmap(unsigned int idx, phys_addr_t phys, pgprot_t flags); /* spec/x86_64/mmu.pvspec:393 */
-void __pv_queued_spin_lock_slowpath(struct qspinlock *lock, u32 val); /* spec/x86_64/lock.pvspec:20 */
-void native_queued_spin_lock_slowpath(struct qspinlock *lock, u32 val); /* spec/x86_64/lock.pvspec:18 */
-void __pv_queued_spin_unlock(struct qspinlock *lock); /* spec/x86_64/lock.pvspec:31 */
-void kvm_wait(u8 *ptr, u8 val); /* spec/x86_64/lock.pvspec:41 */
-void xen_qlock_wait(u8 *ptr, u8 val); /* spec/x86_64/lock.pvspec:40 */
-void kvm_kick_cpu(int cpu); /* spec/x86_64/lock.pvspec:50 */
-void xen_qlock_kick(int cpu); /* spec/x86_64/lock.pvspec:49 */
-bool __kvm_vcpu_is_preempted(long cpu); /* spec/x86_64/lock.pvspec:62 */
-bool xen_vcpu_stolen(long cpu); /* spec/x86_64/lock.pvspec:61 */
+/*
+ * Every implementation named by a `call`, under any hypervisor. A partial image (one that
+ * links only the implementations it runs) defines PVGEN_IMPL as __attribute__((weak)):
+ * a missing one is then NULL in the tables, and its sites are patched to ud2.
+ */
+#ifndef PVGEN_IMPL
+#define PVGEN_IMPL
+#endif
+PVGEN_IMPL unsigned native_patch(u8 type, u16 clobber, void *insnbuf, unsigned long addr, unsigned len); /* spec/x86_64/init.pvspec:17 */
+PVGEN_IMPL unsigned xen_patch(u8 type, u16 clobber, void *insnbuf, unsigned long addr, unsigned len); /* spec/x86_64/init.pvspec:20 */
+PVGEN_IMPL unsigned long long kvm_sched_clock_read(void); /* spec/x86_64/time.pvspec:19 */
+PVGEN_IMPL unsigned long long native_sched_clock(void); /* spec/x86_64/time.pvspec:17 */
+PVGEN_IMPL unsigned long long xen_clocksource_read(void); /* spec/x86_64/time.pvspec:18 */
+PVGEN_IMPL unsigned long long kvm_steal_clock(int cpu); /* spec/x86_64/time.pvspec:29 */
+PVGEN_IMPL unsigned long long native_steal_clock(int cpu); /* spec/x86_64/time.pvspec:27 */
+PVGEN_IMPL unsigned long long xen_steal_clock(int cpu); /* spec/x86_64/time.pvspec:28 */
+PVGEN_IMPL unsigned long native_get_debugreg(int regno); /* spec/x86_64/cpu.pvspec:17 */
+PVGEN_IMPL unsigned long xen_get_debugreg(int regno); /* spec/x86_64/cpu.pvspec:18 */
+PVGEN_IMPL void native_set_debugreg(int regno, unsigned long value); /* spec/x86_64/cpu.pvspec:25 */
+PVGEN_IMPL void xen_set_debugreg(int regno, unsigned long value); /* spec/x86_64/cpu.pvspec:26 */
+PVGEN_IMPL unsigned long native_read_cr0(void); /* spec/x86_64/cpu.pvspec:33 */
+PVGEN_IMPL unsigned long xen_read_cr0(void); /* spec/x86_64/cpu.pvspec:34 */
+PVGEN_IMPL void native_write_cr0(unsigned long cr0); /* spec/x86_64/cpu.pvspec:42 */
+PVGEN_IMPL void xen_write_cr0(unsigned long cr0); /* spec/x86_64/cpu.pvspec:43 */
+PVGEN_IMPL void native_write_cr4(unsigned long cr4); /* spec/x86_64/cpu.pvspec:51 */
+PVGEN_IMPL void xen_write_cr4(unsigned long cr4); /* spec/x86_64/cpu.pvspec:52 */
+PVGEN_IMPL unsigned long native_read_cr8(void); /* spec/x86_64/cpu.pvspec:60 */
+PVGEN_IMPL unsigned long xen_read_cr8(void); /* spec/x86_64/cpu.pvspec:61 */
+PVGEN_IMPL void native_write_cr8(unsigned long cr8); /* spec/x86_64/cpu.pvspec:69 */
+PVGEN_IMPL void xen_write_cr8(unsigned long cr8); /* spec/x86_64/cpu.pvspec:70 */
+PVGEN_IMPL void native_load_tr_desc(void); /* spec/x86_64/cpu.pvspec:77 */
+PVGEN_IMPL void native_load_gdt(const struct desc_ptr *dtr); /* spec/x86_64/cpu.pvspec:86 */
+PVGEN_IMPL void xen_load_gdt(const struct desc_ptr *dtr); /* spec/x86_64/cpu.pvspec:87 */
+PVGEN_IMPL void native_load_idt(const struct desc_ptr *dtr); /* spec/x86_64/cpu.pvspec:95 */
+PVGEN_IMPL void xen_load_idt(const struct desc_ptr *dtr); /* spec/x86_64/cpu.pvspec:96 */
+PVGEN_IMPL void native_set_ldt(const void *desc, unsigned int entries); /* spec/x86_64/cpu.pvspec:103 */
+PVGEN_IMPL void xen_set_ldt(const void *desc, unsigned int entries); /* spec/x86_64/cpu.pvspec:104 */
+PVGEN_IMPL unsigned long native_store_tr(void); /* spec/x86_64/cpu.pvspec:111 */
+PVGEN_IMPL unsigned long xen_store_tr(void); /* spec/x86_64/cpu.pvspec:112 */
+PVGEN_IMPL void native_load_tls(struct thread_struct *t, unsigned int cpu); /* spec/x86_64/cpu.pvspec:120 */
+PVGEN_IMPL void xen_load_tls(struct thread_struct *t, unsigned int cpu); /* spec/x86_64/cpu.pvspec:121 */
+PVGEN_IMPL void native_load_gs_index(unsigned int idx); /* spec/x86_64/cpu.pvspec:129 */
+PVGEN_IMPL void xen_load_gs_index(unsigned int idx); /* spec/x86_64/cpu.pvspec:130 */
+PVGEN_IMPL void native_write_ldt_entry(struct desc_struct *ldt, int entrynum, const void *desc); /* spec/x86_64/cpu.pvspec:138 */
+PVGEN_IMPL void xen_write_ldt_entry(struct desc_struct *ldt, int entrynum, const void *desc); /* spec/x86_64/cpu.pvspec:139 */
+PVGEN_IMPL void native_write_gdt_entry(struct desc_struct *gdt, int entrynum, const void *desc, int type); /* spec/x86_64/cpu.pvspec:147 */
+PVGEN_IMPL void xen_write_gdt_entry(struct desc_struct *gdt, int entrynum, const void *desc, int type); /* spec/x86_64/cpu.pvspec:148 */
+PVGEN_IMPL void native_write_idt_entry(gate_desc *idt, int entrynum, const gate_desc *gate); /* spec/x86_64/cpu.pvspec:156 */
+PVGEN_IMPL void xen_write_idt_entry(gate_desc *idt, int entrynum, const gate_desc *gate); /* spec/x86_64/cpu.pvspec:157 */
+PVGEN_IMPL void xen_alloc_ldt(struct desc_struct *ldt, unsigned int entries); /* spec/x86_64/cpu.pvspec:166 */
+PVGEN_IMPL void xen_free_ldt(struct desc_struct *ldt, unsigned int entries); /* spec/x86_64/cpu.pvspec:175 */
+PVGEN_IMPL void native_load_sp0(unsigned long sp0); /* spec/x86_64/cpu.pvspec:184 */
+PVGEN_IMPL void xen_load_sp0(unsigned long sp0); /* spec/x86_64/cpu.pvspec:185 */
+PVGEN_IMPL void native_set_iopl_mask(unsigned int mask); /* spec/x86_64/cpu.pvspec:193 */
+PVGEN_IMPL void xen_set_iopl_mask(unsigned int mask); /* spec/x86_64/cpu.pvspec:194 */
+PVGEN_IMPL void native_cpuid(unsigned int *eax, unsigned int *ebx, unsigned int *ecx, unsigned int *edx); /* spec/x86_64/cpu.pvspec:222 */
+PVGEN_IMPL void xen_cpuid(unsigned int *eax, unsigned int *ebx, unsigned int *ecx, unsigned int *edx); /* spec/x86_64/cpu.pvspec:223 */
+PVGEN_IMPL u64 native_read_msr(unsigned int msr); /* spec/x86_64/cpu.pvspec:230 */
+PVGEN_IMPL u64 xen_read_msr(unsigned int msr); /* spec/x86_64/cpu.pvspec:231 */
+PVGEN_IMPL void native_write_msr(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:239 */
+PVGEN_IMPL void xen_write_msr(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:240 */
+PVGEN_IMPL u64 native_read_msr_safe(unsigned int msr, int *err); /* spec/x86_64/cpu.pvspec:247 */
+PVGEN_IMPL u64 xen_read_msr_safe(unsigned int msr, int *err); /* spec/x86_64/cpu.pvspec:248 */
+PVGEN_IMPL int native_write_msr_safe(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:255 */
+PVGEN_IMPL int xen_write_msr_safe(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:256 */
+PVGEN_IMPL u64 native_read_pmc(int counter); /* spec/x86_64/cpu.pvspec:263 */
+PVGEN_IMPL u64 xen_read_pmc(int counter); /* spec/x86_64/cpu.pvspec:264 */
+PVGEN_IMPL void xen_sysret64(void); /* spec/x86_64/cpu.pvspec:277 */
+PVGEN_IMPL void xen_iret(void); /* spec/x86_64/cpu.pvspec:290 */
+PVGEN_IMPL void paravirt_start_context_switch(struct task_struct *prev); /* spec/x86_64/cpu.pvspec:309 */
+PVGEN_IMPL void xen_end_context_switch(struct task_struct *next); /* spec/x86_64/cpu.pvspec:318 */
+PVGEN_IMPL unsigned long xen_save_fl_direct(void); /* spec/x86_64/irq.pvspec:19 */
+PVGEN_IMPL void xen_restore_fl_direct(unsigned long flags); /* spec/x86_64/irq.pvspec:30 */
+PVGEN_IMPL void xen_irq_disable_direct(void); /* spec/x86_64/irq.pvspec:40 */
+PVGEN_IMPL void xen_irq_enable_direct(void); /* spec/x86_64/irq.pvspec:50 */
+PVGEN_IMPL void xen_safe_halt(void); /* spec/x86_64/irq.pvspec:59 */
+PVGEN_IMPL void xen_halt(void); /* spec/x86_64/irq.pvspec:68 */
+PVGEN_IMPL void xen_adjust_exception_frame(void); /* spec/x86_64/irq.pvspec:79 */
+PVGEN_IMPL unsigned long xen_read_cr2(void); /* spec/x86_64/mmu.pvspec:21 */
+PVGEN_IMPL void native_write_cr2(unsigned long cr2); /* spec/x86_64/mmu.pvspec:28 */
+PVGEN_IMPL void xen_write_cr2(unsigned long cr2); /* spec/x86_64/mmu.pvspec:29 */
+PVGEN_IMPL unsigned long xen_read_cr3(void); /* spec/x86_64/mmu.pvspec:38 */
+PVGEN_IMPL void xen_write_cr3(unsigned long cr3); /* spec/x86_64/mmu.pvspec:48 */
+PVGEN_IMPL void xen_activate_mm(struct mm_struct *prev, struct mm_struct *next); /* spec/x86_64/mmu.pvspec:57 */
+PVGEN_IMPL void xen_dup_mmap(struct mm_struct *oldmm, struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:66 */
+PVGEN_IMPL void xen_exit_mmap(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:74 */
+PVGEN_IMPL void native_flush_tlb(void); /* spec/x86_64/mmu.pvspec:81 */
+PVGEN_IMPL void xen_flush_tlb(void); /* spec/x86_64/mmu.pvspec:82 */
+PVGEN_IMPL void native_flush_tlb_global(void); /* spec/x86_64/mmu.pvspec:90 */
+PVGEN_IMPL void xen_flush_tlb_one_user(unsigned long addr); /* spec/x86_64/mmu.pvspec:101 */
+PVGEN_IMPL void kvm_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:113 */
+PVGEN_IMPL void native_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:111 */
+PVGEN_IMPL void xen_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:112 */
+PVGEN_IMPL int __paravirt_pgd_alloc(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:120 */
+PVGEN_IMPL int xen_pgd_alloc(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:121 */
+PVGEN_IMPL void xen_pgd_free(struct mm_struct *mm, pgd_t *pgd); /* spec/x86_64/mmu.pvspec:129 */
+PVGEN_IMPL void xen_alloc_pte(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:139 */
+PVGEN_IMPL void xen_alloc_pmd(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:147 */
+PVGEN_IMPL void xen_alloc_pud(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:155 */
+PVGEN_IMPL void xen_release_pte(unsigned long pfn); /* spec/x86_64/mmu.pvspec:173 */
+PVGEN_IMPL void xen_release_pmd(unsigned long pfn); /* spec/x86_64/mmu.pvspec:181 */
+PVGEN_IMPL void xen_release_pud(unsigned long pfn); /* spec/x86_64/mmu.pvspec:189 */
+PVGEN_IMPL void native_set_pte(pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:205 */
+PVGEN_IMPL void xen_set_pte(pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:206 */
+PVGEN_IMPL void native_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:213 */
+PVGEN_IMPL void xen_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:214 */
+PVGEN_IMPL void native_set_pmd(pmd_t *pmdp, pmd_t pmdval); /* spec/x86_64/mmu.pvspec:221 */
+PVGEN_IMPL void xen_set_pmd(pmd_t *pmdp, pmd_t pmdval); /* spec/x86_64/mmu.pvspec:222 */
+PVGEN_IMPL pte_t __ptep_modify_prot_start(struct mm_struct *mm, unsigned long addr, pte_t *ptep); /* spec/x86_64/mmu.pvspec:230 */
+PVGEN_IMPL void __ptep_modify_prot_commit(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pte); /* spec/x86_64/mmu.pvspec:239 */
+PVGEN_IMPL pteval_t xen_pte_val(pte_t pte); /* spec/x86_64/mmu.pvspec:250 */
+PVGEN_IMPL pte_t xen_make_pte(pteval_t pte); /* spec/x86_64/mmu.pvspec:260 */
+PVGEN_IMPL pgdval_t xen_pgd_val(pgd_t pgd); /* spec/x86_64/mmu.pvspec:269 */
+PVGEN_IMPL pgd_t xen_make_pgd(pgdval_t pgd); /* spec/x86_64/mmu.pvspec:278 */
+PVGEN_IMPL void native_set_pud(pud_t *pudp, pud_t pudval); /* spec/x86_64/mmu.pvspec:285 */
+PVGEN_IMPL void xen_set_pud(pud_t *pudp, pud_t pudval); /* spec/x86_64/mmu.pvspec:286 */
+PVGEN_IMPL pmdval_t xen_pmd_val(pmd_t pmd); /* spec/x86_64/mmu.pvspec:295 */
+PVGEN_IMPL pmd_t xen_make_pmd(pmdval_t pmd); /* spec/x86_64/mmu.pvspec:304 */
+PVGEN_IMPL pudval_t xen_pud_val(pud_t pud); /* spec/x86_64/mmu.pvspec:313 */
+PVGEN_IMPL pud_t xen_make_pud(pudval_t pud); /* spec/x86_64/mmu.pvspec:322 */
+PVGEN_IMPL void native_set_p4d(p4d_t *p4dp, p4d_t p4dval); /* spec/x86_64/mmu.pvspec:329 */
+PVGEN_IMPL void xen_set_p4d(p4d_t *p4dp, p4d_t p4dval); /* spec/x86_64/mmu.pvspec:330 */
+PVGEN_IMPL p4dval_t xen_p4d_val(p4d_t p4d); /* spec/x86_64/mmu.pvspec:339 */
+PVGEN_IMPL p4d_t xen_make_p4d(p4dval_t p4d); /* spec/x86_64/mmu.pvspec:348 */
+PVGEN_IMPL void native_set_pgd(pgd_t *pgdp, pgd_t pgdval); /* spec/x86_64/mmu.pvspec:356 */
+PVGEN_IMPL void paravirt_enter_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:366 */
+PVGEN_IMPL void xen_leave_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:375 */
+PVGEN_IMPL void paravirt_flush_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:384 */
+PVGEN_IMPL void native_set_fixmap(unsigned int idx, phys_addr_t phys, pgprot_t flags); /* spec/x86_64/mmu.pvspec:392 */
+PVGEN_IMPL void xen_set_fixmap(unsigned int idx, phys_addr_t phys, pgprot_t flags); /* spec/x86_64/mmu.pvspec:393 */
+PVGEN_IMPL void __pv_queued_spin_lock_slowpath(struct qspinlock *lock, u32 val); /* spec/x86_64/lock.pvspec:20 */
+PVGEN_IMPL void native_queued_spin_lock_slowpath(struct qspinlock *lock, u32 val); /* spec/x86_64/lock.pvspec:18 */
+PVGEN_IMPL void __pv_queued_spin_unlock(struct qspinlock *lock); /* spec/x86_64/lock.pvspec:31 */
+PVGEN_IMPL void kvm_wait(u8 *ptr, u8 val); /* spec/x86_64/lock.pvspec:41 */
+PVGEN_IMPL void xen_qlock_wait(u8 *ptr, u8 val); /* spec/x86_64/lock.pvspec:40 */
+PVGEN_IMPL void kvm_kick_cpu(int cpu); /* spec/x86_64/lock.pvspec:50 */
+PVGEN_IMPL void xen_qlock_kick(int cpu); /* spec/x86_64/lock.pvspec:49 */
+PVGEN_IMPL bool __kvm_vcpu_is_preempted(long cpu); /* spec/x86_64/lock.pvspec:62 */
+PVGEN_IMPL bool xen_vcpu_stolen(long cpu); /* spec/x86_64/lock.pvspec:61 */
 
 /* A patch site: the indirect call through the op's slot, and its .pvgen.sites record. */
 #define PVGEN_X86_64_SITE                      \

@@ -83,14 +83,21 @@ PVOPS_T64_OPS(PVGEN_CHECK_SLOT)
 _Static_assert(sizeof(struct pv_ops_template) == PV_OP_COUNT * 8, "the template holds the ops' slots and nothing else");
 _Static_assert(PV_OP_COUNT <= 256, "an op index must fit the 8-bit type of a site record");
 
-/* Every implementation named by a `call`, under any hypervisor. */
-unsigned long xen_save_fl_direct(void); /* tests/data/small.pvspec:16 */
-void xen_irq_disable(void); /* tests/data/small.pvspec:24 */
-unsigned long xen_pte_val(unsigned long pte); /* tests/data/small.pvspec:32 */
-void native_set_pte_at(void *mm, unsigned long addr, unsigned long *ptep); /* tests/data/small.pvspec:38 */
-int native_setup(int cpu); /* tests/data/small.pvspec:45 */
-int xen_setup(int cpu); /* tests/data/small.pvspec:46 */
-void xen_iret(void); /* tests/data/small.pvspec:55 */
+/*
+ * Every implementation named by a `call`, under any hypervisor. A partial image (one that
+ * links only the implementations it runs) defines PVGEN_IMPL as __attribute__((weak)):
+ * a missing one is then NULL in the tables, and its sites are patched to ud2.
+ */
+#ifndef PVGEN_IMPL
+#define PVGEN_IMPL
+#endif
+PVGEN_IMPL unsigned long xen_save_fl_direct(void); /* tests/data/small.pvspec:16 */
+PVGEN_IMPL void xen_irq_disable(void); /* tests/data/small.pvspec:24 */
+PVGEN_IMPL unsigned long xen_pte_val(unsigned long pte); /* tests/data/small.pvspec:32 */
+PVGEN_IMPL void native_set_pte_at(void *mm, unsigned long addr, unsigned long *ptep); /* tests/data/small.pvspec:38 */
+PVGEN_IMPL int native_setup(int cpu); /* tests/data/small.pvspec:45 */
+PVGEN_IMPL int xen_setup(int cpu); /* tests/data/small.pvspec:46 */
+PVGEN_IMPL void xen_iret(void); /* tests/data/small.pvspec:55 */
 
 /* A patch site: the indirect call through the op's slot, and its .pvgen.sites record. */
 #define PVGEN_T64_SITE                         \
