@@ -9,6 +9,7 @@ import attrs
 
 from pvgen import ctype, ir
 from pvgen.diagnostics import Diagnostics, Note, expected_one_of
+from pvgen.effects import check_effect
 from pvgen.loader import LoadedSpec
 from pvgen.shape import Block, names_of
 from pvgen.source import SourceSpan
@@ -39,7 +40,7 @@ ARCH_PROPERTIES = (
 )
 ISAS = ("ia64", "x86_64")  # instruction sets pvgen can assemble, decode and patch
 HYPERVISOR_PROPERTIES = ("arches", "detect", "execution", "paravirt_enabled", "native_fallback", "const")
-OP_PROPERTIES = ("category", "transfer", "callee_save", "clobbers", "patch_type", "override")
+OP_PROPERTIES = ("category", "transfer", "callee_save", "clobbers", "patch_type", "override", "effect")
 MACRO_KINDS = ("clobbers", "gr", "kr", "pr")
 MACRO_ROLES = ("clobber", "in", "out")
 EXECUTIONS = ("bare", "hvm", "pv")
@@ -603,6 +604,7 @@ class Checker:
             f"op '{group}.{name.text}'",
             self.diagnostics,
             OP_PROPERTIES,
+            repeatable=("effect",),
             members=("variant",),
             dynamic=hypervisors,
         )
@@ -662,6 +664,7 @@ class Checker:
         self._unique(f"variant of op '{name.text}'", [(v.name, v.span) for v in variants])
         if impls is None:
             return None
+        effects = self._effects(block, arch)
         index = int(patch_type.value) if patch_type is not None else -1
         return ir.Op(
             name=name.text,
@@ -678,7 +681,28 @@ class Checker:
             index=index,
             impls=impls,
             variants=tuple(variants),
+            effects=effects,
         )
+
+    def _effects(self, block: Block, arch: ir.Arch) -> tuple[ir.Effect, ...]:
+        """`effect HYPERVISOR "EXPR";` lines: what the op must do, checked by the generated tests."""
+        found = []
+        supported = self._hypervisors_of(arch.name)
+        for entry in block.all("effect"):
+            values = entry.values
+            if entry.params is not None or [v.kind for v in values] != ["name", "string"]:
+                self.error(entry.span, "an effect is 'effect HYPERVISOR \"EXPRESSION\";'")
+                continue
+            hypervisor, text = values
+            if not self._known(hypervisor, [*supported, "all"], "hypervisor", f"on {arch.name}"):
+                continue
+            problem = check_effect(arch.isa, str(text.value))
+            if problem is not None:
+                self.error(text.span, problem)
+                continue
+            names = supported if hypervisor.value == "all" else [str(hypervisor.value)]
+            found += [ir.Effect(name, str(text.value), entry.span) for name in names]
+        return tuple(sorted(found, key=lambda e: (e.hypervisor, e.span)))
 
     def _op_clobbers(self, block: Block, arch: ir.Arch, callee_save: bool) -> tuple[str, ...]:
         entry = block.get("clobbers")

@@ -131,6 +131,15 @@ class Variant:
 
 
 @attrs.frozen
+class Effect:
+    """What an op must do under one hypervisor: an expression the generated tests evaluate."""
+
+    hypervisor: str
+    expression: str
+    span: SourceSpan
+
+
+@attrs.frozen
 class Op:
     name: str
     group: str
@@ -146,6 +155,7 @@ class Op:
     index: int  # slot in the arch's op template (x86) or patch type (IA64)
     impls: tuple[Impl, ...]  # one per hypervisor of the arch, sorted by name
     variants: tuple[Variant, ...]
+    effects: tuple[Effect, ...] = ()
 
     @property
     def qualname(self) -> str:

@@ -185,7 +185,7 @@ OP_ROWS = (
     ("setreg", "cpu", 536870912, "patchable", "call", False, False, ("reg", "val"), 2, 0, "spec/ia64/cpu.pvspec:536"),
     ("ptcga", "cpu", 5, "patchable", "call", False, False, ("addr", "size"), 2, 0, "spec/ia64/cpu.pvspec:952"),
     ("get_rr", "cpu", 6, "patchable", "call", False, True, ("index",), 2, 0, "spec/ia64/cpu.pvspec:961"),
-    ("set_rr", "cpu", 7, "patchable", "call", False, False, ("index", "val"), 2, 0, "spec/ia64/cpu.pvspec:970"),
+    ("set_rr", "cpu", 7, "patchable", "call", False, False, ("index", "val"), 2, 0, "spec/ia64/cpu.pvspec:971"),
     (
         "set_rr0_to_rr4",
         "cpu",
@@ -197,11 +197,11 @@ OP_ROWS = (
         ("val0", "val1", "val2", "val3", "val4"),
         2,
         0,
-        "spec/ia64/cpu.pvspec:981",
+        "spec/ia64/cpu.pvspec:983",
     ),
-    ("ssm_i", "cpu", 9, "patchable", "call", False, False, (), 2, 0, "spec/ia64/cpu.pvspec:1007"),
-    ("rsm_i", "cpu", 10, "patchable", "call", False, False, (), 2, 0, "spec/ia64/cpu.pvspec:1031"),
-    ("get_psr_i", "cpu", 11, "patchable", "call", False, True, (), 2, 0, "spec/ia64/cpu.pvspec:1048"),
+    ("ssm_i", "cpu", 9, "patchable", "call", False, False, (), 2, 0, "spec/ia64/cpu.pvspec:1009"),
+    ("rsm_i", "cpu", 10, "patchable", "call", False, False, (), 2, 0, "spec/ia64/cpu.pvspec:1034"),
+    ("get_psr_i", "cpu", 11, "patchable", "call", False, True, (), 2, 0, "spec/ia64/cpu.pvspec:1053"),
     (
         "intrin_local_irq_restore",
         "cpu",
@@ -213,7 +213,7 @@ OP_ROWS = (
         ("flags",),
         2,
         0,
-        "spec/ia64/cpu.pvspec:1081",
+        "spec/ia64/cpu.pvspec:1087",
     ),
     ("banner", "init", -1, "indirect", "call", False, False, (), 2, 0, "spec/ia64/init.pvspec:14"),
     ("reserve_memory", "init", -1, "indirect", "call", False, True, ("region",), 2, 0, "spec/ia64/init.pvspec:23"),
@@ -829,12 +829,12 @@ IMPL_ROWS = {
         "xen": ("asm", None, "01700000000000000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:957"),
     },
     "cpu.get_rr": {
-        "native": ("asm", None, "01400010100400000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:964"),
-        "xen": ("asm", None, "01800000000000000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:966"),
+        "native": ("asm", None, "01400010100400000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:965"),
+        "xen": ("asm", None, "01800000000000000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:967"),
     },
     "cpu.set_rr": {
-        "native": ("asm", None, "01002410000400000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:973"),
-        "xen": ("asm", None, "01880000000000000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:975"),
+        "native": ("asm", None, "01002410000400000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:975"),
+        "xen": ("asm", None, "01880000000000000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:977"),
     },
     "cpu.set_rr0_to_rr4": {
         "native": (
@@ -844,12 +844,12 @@ IMPL_ROWS = {
             True,
             False,
             (),
-            "spec/ia64/cpu.pvspec:985",
+            "spec/ia64/cpu.pvspec:987",
         ),
-        "xen": ("asm", None, "01d00000000000000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:1001"),
+        "xen": ("asm", None, "01d00000000000000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:1003"),
     },
     "cpu.ssm_i": {
-        "native": ("asm", None, "01000002060000000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:1010"),
+        "native": ("asm", None, "01000002060000000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:1013"),
         "xen": (
             "asm",
             None,
@@ -857,11 +857,11 @@ IMPL_ROWS = {
             True,
             False,
             (),
-            "spec/ia64/cpu.pvspec:1012",
+            "spec/ia64/cpu.pvspec:1015",
         ),
     },
     "cpu.rsm_i": {
-        "native": ("asm", None, "01000002070000000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:1034"),
+        "native": ("asm", None, "01000002070000000002000000000400", True, False, (), "spec/ia64/cpu.pvspec:1039"),
         "xen": (
             "asm",
             None,
@@ -869,7 +869,7 @@ IMPL_ROWS = {
             True,
             False,
             (),
-            "spec/ia64/cpu.pvspec:1036",
+            "spec/ia64/cpu.pvspec:1041",
         ),
     },
     "cpu.get_psr_i": {
@@ -880,7 +880,7 @@ IMPL_ROWS = {
             True,
             False,
             (),
-            "spec/ia64/cpu.pvspec:1051",
+            "spec/ia64/cpu.pvspec:1057",
         ),
         "xen": (
             "asm",
@@ -889,7 +889,7 @@ IMPL_ROWS = {
             True,
             False,
             (),
-            "spec/ia64/cpu.pvspec:1058",
+            "spec/ia64/cpu.pvspec:1064",
         ),
     },
     "cpu.intrin_local_irq_restore": {
@@ -900,7 +900,7 @@ IMPL_ROWS = {
             True,
             False,
             (),
-            "spec/ia64/cpu.pvspec:1084",
+            "spec/ia64/cpu.pvspec:1091",
         ),
         "xen": (
             "asm",
@@ -909,7 +909,7 @@ IMPL_ROWS = {
             True,
             False,
             ((65, "brl", "xen_check_events"),),
-            "spec/ia64/cpu.pvspec:1094",
+            "spec/ia64/cpu.pvspec:1101",
         ),
     },
     "init.banner": {
@@ -1179,6 +1179,18 @@ HYPERVISORS = {
 }
 MASK_CMDLINE = "pv_ops.native"
 MASK_BITS = {"info": 0, "init": 1, "iosapic": 2, "irq": 3, "time": 4, "cpu": 5}
+# What each op must do under each hypervisor: expressions over the harness's state names.
+EFFECTS = {
+    "cpu.get_rr": {"native": ["ret == rr(arg0 >> 61)"], "xen": ["ret == rr(arg0 >> 61)"]},
+    "cpu.set_rr": {"native": ["rr(arg0 >> 61) == arg1"], "xen": ["rr(arg0 >> 61) == arg1"]},
+    "cpu.ssm_i": {"native": ["psr_i == 1"], "xen": ["psr_i == 1"]},
+    "cpu.rsm_i": {"native": ["psr_i == 0"], "xen": ["psr_i == 0", "faults == 0"]},
+    "cpu.get_psr_i": {"native": ["(ret != 0) == psr_i"], "xen": ["(ret != 0) == psr_i"]},
+    "cpu.intrin_local_irq_restore": {
+        "native": ["psr_i == (arg0 & 0x4000 != 0)"],
+        "xen": ["psr_i == (arg0 & 0x4000 != 0)"],
+    },
+}
 # (name, function, condition, hypervisors that yield)
 YIELDS = []
 # IOMMU_INIT entries in run order: (detect, depends, early_init, late_init, finish, buses, found_under)
@@ -1277,4 +1289,4 @@ def patch_decision(index: int, hypervisor: str, site_length: int, masked: frozen
         return Decision("call", symbol="pvgen_nop", reason="nop that returns a value")
     kind = "jump" if op.transfer == "jump" else "call"
     return Decision(kind, symbol=out_of_line_symbol(op, hypervisor, impl), reason="direct " + kind)
-# pvgen: formatted from 0f574b182f6a2dbfd383e2fddbbacb697789b0e2f104f6801b8adef5f81a0a90
+# pvgen: formatted from fc0b1a98726d1dd0b36e45a9fc95fff304a32bdb15a48c835311dc72c2812887

@@ -35,6 +35,7 @@ def _entry(op: ir.Op, impl: ir.Impl, template: ir.Template | None, variant: ir.V
         "relocations": [{"offset": r.offset, "kind": r.kind, "symbol": r.symbol} for r in template.relocations]
         if template
         else [],
+        "effects": [e.expression for e in op.effects if e.hypervisor == impl.hypervisor] if variant is None else [],
         "source": impl.source,
         "location": (variant.span if variant else op.span).location,
         "impl_location": impl.span.location,

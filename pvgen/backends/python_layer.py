@@ -25,6 +25,10 @@ def _impl_row(op: ir.Op, impl: ir.Impl, templates: dict[tuple[str, str, str], ir
     return "(" + ", ".join(repr(f) for f in fields) + ")"
 
 
+def _effects(op: ir.Op, hypervisors: Sequence[ir.Hypervisor]) -> dict[str, list[str]]:
+    return {h.name: [e.expression for e in op.effects if e.hypervisor == h.name] for h in hypervisors}
+
+
 def _clobber_mask(arch: ir.Arch, clobbers: Sequence[str]) -> int:
     bits = dict(arch.clobber_bits)
     return sum(1 << bits[r] for r in clobbers if r in bits)
@@ -119,6 +123,13 @@ class PythonLayerBackend:
                 "mask_cmdline": mask.cmdline if mask else None,
                 "mask_bits": dict(mask.bits) if mask else {},
                 "yields": [(y.name, y.function, y.when, y.hypervisors) for y in yields],
+                "effects": {
+                    op.qualname: {
+                        h.name: [e.expression for e in op.effects if e.hypervisor == h.name] for h in hypervisors
+                    }
+                    for op in ops
+                    if op.effects
+                },
                 "iommu": [
                     (e.detect, e.depends, e.early_init, e.late_init, e.finish, e.buses, e.found_under)
                     for e in build.spec.iommu

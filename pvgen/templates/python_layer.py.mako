@@ -135,6 +135,8 @@ HYPERVISORS = {
 }
 MASK_CMDLINE = ${repr(mask_cmdline)}
 MASK_BITS = ${repr(mask_bits)}
+# What each op must do under each hypervisor: expressions over the harness's state names.
+EFFECTS = ${repr(effects)}
 # (name, function, condition, hypervisors that yield)
 YIELDS = ${repr(yields)}
 # IOMMU_INIT entries in run order: (detect, depends, early_init, late_init, finish, buses, found_under)

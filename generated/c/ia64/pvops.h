@@ -151,12 +151,12 @@
 #define PV_OP_CPU_SETREG_CR_LRR1 0x20001051 /* spec/ia64/cpu.pvspec:944 */
 #define PV_OP_CPU_PTCGA 5 /* spec/ia64/cpu.pvspec:952 */
 #define PV_OP_CPU_GET_RR 6 /* spec/ia64/cpu.pvspec:961 */
-#define PV_OP_CPU_SET_RR 7 /* spec/ia64/cpu.pvspec:970 */
-#define PV_OP_CPU_SET_RR0_TO_RR4 8 /* spec/ia64/cpu.pvspec:981 */
-#define PV_OP_CPU_SSM_I 9 /* spec/ia64/cpu.pvspec:1007 */
-#define PV_OP_CPU_RSM_I 10 /* spec/ia64/cpu.pvspec:1031 */
-#define PV_OP_CPU_GET_PSR_I 11 /* spec/ia64/cpu.pvspec:1048 */
-#define PV_OP_CPU_INTRIN_LOCAL_IRQ_RESTORE 12 /* spec/ia64/cpu.pvspec:1081 */
+#define PV_OP_CPU_SET_RR 7 /* spec/ia64/cpu.pvspec:971 */
+#define PV_OP_CPU_SET_RR0_TO_RR4 8 /* spec/ia64/cpu.pvspec:983 */
+#define PV_OP_CPU_SSM_I 9 /* spec/ia64/cpu.pvspec:1009 */
+#define PV_OP_CPU_RSM_I 10 /* spec/ia64/cpu.pvspec:1034 */
+#define PV_OP_CPU_GET_PSR_I 11 /* spec/ia64/cpu.pvspec:1053 */
+#define PV_OP_CPU_INTRIN_LOCAL_IRQ_RESTORE 12 /* spec/ia64/cpu.pvspec:1087 */
 
 /* Every op: X(group, op, index, category, transfer, callee_save, clobbers), in struct order. */
 #define PVOPS_IA64_OPS(X)                                                                                   \
@@ -168,12 +168,12 @@
 	X(cpu, setreg, 0x20000000, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:536 */                \
 	X(cpu, ptcga, 5, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:952 */                          \
 	X(cpu, get_rr, 6, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:961 */                         \
-	X(cpu, set_rr, 7, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:970 */                         \
-	X(cpu, set_rr0_to_rr4, 8, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:981 */                 \
-	X(cpu, ssm_i, 9, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:1007 */                         \
-	X(cpu, rsm_i, 10, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:1031 */                        \
-	X(cpu, get_psr_i, 11, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:1048 */                    \
-	X(cpu, intrin_local_irq_restore, 12, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:1081 */     \
+	X(cpu, set_rr, 7, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:971 */                         \
+	X(cpu, set_rr0_to_rr4, 8, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:983 */                 \
+	X(cpu, ssm_i, 9, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:1009 */                         \
+	X(cpu, rsm_i, 10, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:1034 */                        \
+	X(cpu, get_psr_i, 11, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:1053 */                    \
+	X(cpu, intrin_local_irq_restore, 12, patchable, call, 0, 0x000) /* spec/ia64/cpu.pvspec:1087 */     \
 	X(init, banner, -1, indirect, call, 0, 0x000) /* spec/ia64/init.pvspec:14 */                        \
 	X(init, reserve_memory, -1, indirect, call, 0, 0x000) /* spec/ia64/init.pvspec:23 */                \
 	X(init, arch_setup_early, -1, indirect, call, 0, 0x000) /* spec/ia64/init.pvspec:32 */              \
@@ -236,12 +236,12 @@ struct pv_cpu_ops {
 	void (*setreg)(int reg, unsigned long val); /* spec/ia64/cpu.pvspec:536 */
 	void (*ptcga)(unsigned long addr, unsigned long size); /* spec/ia64/cpu.pvspec:952 */
 	unsigned long (*get_rr)(unsigned long index); /* spec/ia64/cpu.pvspec:961 */
-	void (*set_rr)(unsigned long index, unsigned long val); /* spec/ia64/cpu.pvspec:970 */
-	void (*set_rr0_to_rr4)(unsigned long val0, unsigned long val1, unsigned long val2, unsigned long val3, unsigned long val4); /* spec/ia64/cpu.pvspec:981 */
-	void (*ssm_i)(void); /* spec/ia64/cpu.pvspec:1007 */
-	void (*rsm_i)(void); /* spec/ia64/cpu.pvspec:1031 */
-	unsigned long (*get_psr_i)(void); /* spec/ia64/cpu.pvspec:1048 */
-	void (*intrin_local_irq_restore)(unsigned long flags); /* spec/ia64/cpu.pvspec:1081 */
+	void (*set_rr)(unsigned long index, unsigned long val); /* spec/ia64/cpu.pvspec:971 */
+	void (*set_rr0_to_rr4)(unsigned long val0, unsigned long val1, unsigned long val2, unsigned long val3, unsigned long val4); /* spec/ia64/cpu.pvspec:983 */
+	void (*ssm_i)(void); /* spec/ia64/cpu.pvspec:1009 */
+	void (*rsm_i)(void); /* spec/ia64/cpu.pvspec:1034 */
+	unsigned long (*get_psr_i)(void); /* spec/ia64/cpu.pvspec:1053 */
+	void (*intrin_local_irq_restore)(unsigned long flags); /* spec/ia64/cpu.pvspec:1087 */
 };
 
 /* group info: spec/ia64/info.pvspec:5 */
@@ -569,7 +569,7 @@ PVGEN_INLINE unsigned long pv_get_rr(unsigned long index)
 #endif
 }
 
-/* cpu.set_rr: spec/ia64/cpu.pvspec:970 */
+/* cpu.set_rr: spec/ia64/cpu.pvspec:971 */
 PVGEN_INLINE void pv_set_rr(unsigned long index, unsigned long val)
 {
 #ifdef PVGEN_NATIVE
@@ -589,7 +589,7 @@ PVGEN_INLINE void pv_set_rr(unsigned long index, unsigned long val)
 #endif
 }
 
-/* cpu.set_rr0_to_rr4: spec/ia64/cpu.pvspec:981 */
+/* cpu.set_rr0_to_rr4: spec/ia64/cpu.pvspec:983 */
 PVGEN_INLINE void pv_set_rr0_to_rr4(unsigned long val0, unsigned long val1, unsigned long val2, unsigned long val3, unsigned long val4)
 {
 #ifdef PVGEN_NATIVE
@@ -631,7 +631,7 @@ PVGEN_INLINE void pv_set_rr0_to_rr4(unsigned long val0, unsigned long val1, unsi
 #endif
 }
 
-/* cpu.ssm_i: spec/ia64/cpu.pvspec:1007 */
+/* cpu.ssm_i: spec/ia64/cpu.pvspec:1009 */
 PVGEN_INLINE void pv_ssm_i(void)
 {
 #ifdef PVGEN_NATIVE
@@ -646,7 +646,7 @@ PVGEN_INLINE void pv_ssm_i(void)
 #endif
 }
 
-/* cpu.rsm_i: spec/ia64/cpu.pvspec:1031 */
+/* cpu.rsm_i: spec/ia64/cpu.pvspec:1034 */
 PVGEN_INLINE void pv_rsm_i(void)
 {
 #ifdef PVGEN_NATIVE
@@ -661,7 +661,7 @@ PVGEN_INLINE void pv_rsm_i(void)
 #endif
 }
 
-/* cpu.get_psr_i: spec/ia64/cpu.pvspec:1048 */
+/* cpu.get_psr_i: spec/ia64/cpu.pvspec:1053 */
 PVGEN_INLINE unsigned long pv_get_psr_i(void)
 {
 #ifdef PVGEN_NATIVE
@@ -688,7 +688,7 @@ PVGEN_INLINE unsigned long pv_get_psr_i(void)
 #endif
 }
 
-/* cpu.intrin_local_irq_restore: spec/ia64/cpu.pvspec:1081 */
+/* cpu.intrin_local_irq_restore: spec/ia64/cpu.pvspec:1087 */
 PVGEN_INLINE void pv_intrin_local_irq_restore(unsigned long flags)
 {
 #ifdef PVGEN_NATIVE

@@ -120,7 +120,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_native_cpu_ptcga\n"
     ".popsection\n");
 
-/* cpu.get_rr under native: spec/ia64/cpu.pvspec:964 */
+/* cpu.get_rr under native: spec/ia64/cpu.pvspec:965 */
 unsigned long pvgen_native_cpu_get_rr(unsigned long index);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -132,7 +132,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_native_cpu_get_rr\n"
     ".popsection\n");
 
-/* cpu.set_rr under native: spec/ia64/cpu.pvspec:973 */
+/* cpu.set_rr under native: spec/ia64/cpu.pvspec:975 */
 void pvgen_native_cpu_set_rr(unsigned long index, unsigned long val);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -144,7 +144,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_native_cpu_set_rr\n"
     ".popsection\n");
 
-/* cpu.set_rr0_to_rr4 under native: spec/ia64/cpu.pvspec:985 */
+/* cpu.set_rr0_to_rr4 under native: spec/ia64/cpu.pvspec:987 */
 void pvgen_native_cpu_set_rr0_to_rr4(unsigned long val0, unsigned long val1, unsigned long val2, unsigned long val3, unsigned long val4);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -168,7 +168,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_native_cpu_set_rr0_to_rr4\n"
     ".popsection\n");
 
-/* cpu.ssm_i under native: spec/ia64/cpu.pvspec:1010 */
+/* cpu.ssm_i under native: spec/ia64/cpu.pvspec:1013 */
 void pvgen_native_cpu_ssm_i(void);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -180,7 +180,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_native_cpu_ssm_i\n"
     ".popsection\n");
 
-/* cpu.rsm_i under native: spec/ia64/cpu.pvspec:1034 */
+/* cpu.rsm_i under native: spec/ia64/cpu.pvspec:1039 */
 void pvgen_native_cpu_rsm_i(void);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -192,7 +192,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_native_cpu_rsm_i\n"
     ".popsection\n");
 
-/* cpu.get_psr_i under native: spec/ia64/cpu.pvspec:1051 */
+/* cpu.get_psr_i under native: spec/ia64/cpu.pvspec:1057 */
 unsigned long pvgen_native_cpu_get_psr_i(void);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -207,7 +207,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_native_cpu_get_psr_i\n"
     ".popsection\n");
 
-/* cpu.intrin_local_irq_restore under native: spec/ia64/cpu.pvspec:1084 */
+/* cpu.intrin_local_irq_restore under native: spec/ia64/cpu.pvspec:1091 */
 void pvgen_native_cpu_intrin_local_irq_restore(unsigned long flags);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -285,7 +285,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_xen_cpu_ptcga\n"
     ".popsection\n");
 
-/* cpu.get_rr under xen: spec/ia64/cpu.pvspec:966 */
+/* cpu.get_rr under xen: spec/ia64/cpu.pvspec:967 */
 unsigned long pvgen_xen_cpu_get_rr(unsigned long index);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -297,7 +297,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_xen_cpu_get_rr\n"
     ".popsection\n");
 
-/* cpu.set_rr under xen: spec/ia64/cpu.pvspec:975 */
+/* cpu.set_rr under xen: spec/ia64/cpu.pvspec:977 */
 void pvgen_xen_cpu_set_rr(unsigned long index, unsigned long val);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -309,7 +309,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_xen_cpu_set_rr\n"
     ".popsection\n");
 
-/* cpu.set_rr0_to_rr4 under xen: spec/ia64/cpu.pvspec:1001 */
+/* cpu.set_rr0_to_rr4 under xen: spec/ia64/cpu.pvspec:1003 */
 void pvgen_xen_cpu_set_rr0_to_rr4(unsigned long val0, unsigned long val1, unsigned long val2, unsigned long val3, unsigned long val4);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -321,7 +321,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_xen_cpu_set_rr0_to_rr4\n"
     ".popsection\n");
 
-/* cpu.ssm_i under xen: spec/ia64/cpu.pvspec:1012 */
+/* cpu.ssm_i under xen: spec/ia64/cpu.pvspec:1015 */
 void pvgen_xen_cpu_ssm_i(void);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -346,7 +346,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_xen_cpu_ssm_i\n"
     ".popsection\n");
 
-/* cpu.rsm_i under xen: spec/ia64/cpu.pvspec:1036 */
+/* cpu.rsm_i under xen: spec/ia64/cpu.pvspec:1041 */
 void pvgen_xen_cpu_rsm_i(void);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -363,7 +363,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_xen_cpu_rsm_i\n"
     ".popsection\n");
 
-/* cpu.get_psr_i under xen: spec/ia64/cpu.pvspec:1058 */
+/* cpu.get_psr_i under xen: spec/ia64/cpu.pvspec:1064 */
 unsigned long pvgen_xen_cpu_get_psr_i(void);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -384,7 +384,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_xen_cpu_get_psr_i\n"
     ".popsection\n");
 
-/* cpu.intrin_local_irq_restore under xen: spec/ia64/cpu.pvspec:1094 */
+/* cpu.intrin_local_irq_restore under xen: spec/ia64/cpu.pvspec:1101 */
 void pvgen_xen_cpu_intrin_local_irq_restore(unsigned long flags);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -437,13 +437,13 @@ struct pv_cpu_ops pv_cpu_ops = {
 	.getreg = ia64_native_getreg_func, /* spec/ia64/cpu.pvspec:67 */
 	.setreg = ia64_native_setreg_func, /* spec/ia64/cpu.pvspec:539 */
 	.ptcga = pvgen_native_cpu_ptcga, /* spec/ia64/cpu.pvspec:955 */
-	.get_rr = pvgen_native_cpu_get_rr, /* spec/ia64/cpu.pvspec:964 */
-	.set_rr = pvgen_native_cpu_set_rr, /* spec/ia64/cpu.pvspec:973 */
-	.set_rr0_to_rr4 = pvgen_native_cpu_set_rr0_to_rr4, /* spec/ia64/cpu.pvspec:985 */
-	.ssm_i = pvgen_native_cpu_ssm_i, /* spec/ia64/cpu.pvspec:1010 */
-	.rsm_i = pvgen_native_cpu_rsm_i, /* spec/ia64/cpu.pvspec:1034 */
-	.get_psr_i = pvgen_native_cpu_get_psr_i, /* spec/ia64/cpu.pvspec:1051 */
-	.intrin_local_irq_restore = pvgen_native_cpu_intrin_local_irq_restore, /* spec/ia64/cpu.pvspec:1084 */
+	.get_rr = pvgen_native_cpu_get_rr, /* spec/ia64/cpu.pvspec:965 */
+	.set_rr = pvgen_native_cpu_set_rr, /* spec/ia64/cpu.pvspec:975 */
+	.set_rr0_to_rr4 = pvgen_native_cpu_set_rr0_to_rr4, /* spec/ia64/cpu.pvspec:987 */
+	.ssm_i = pvgen_native_cpu_ssm_i, /* spec/ia64/cpu.pvspec:1013 */
+	.rsm_i = pvgen_native_cpu_rsm_i, /* spec/ia64/cpu.pvspec:1039 */
+	.get_psr_i = pvgen_native_cpu_get_psr_i, /* spec/ia64/cpu.pvspec:1057 */
+	.intrin_local_irq_restore = pvgen_native_cpu_intrin_local_irq_restore, /* spec/ia64/cpu.pvspec:1091 */
 };
 
 /* pv_cpu_ops_native: the table under native */
@@ -455,13 +455,13 @@ const struct pv_cpu_ops pv_cpu_ops_native = {
 	.getreg = ia64_native_getreg_func, /* spec/ia64/cpu.pvspec:67 */
 	.setreg = ia64_native_setreg_func, /* spec/ia64/cpu.pvspec:539 */
 	.ptcga = pvgen_native_cpu_ptcga, /* spec/ia64/cpu.pvspec:955 */
-	.get_rr = pvgen_native_cpu_get_rr, /* spec/ia64/cpu.pvspec:964 */
-	.set_rr = pvgen_native_cpu_set_rr, /* spec/ia64/cpu.pvspec:973 */
-	.set_rr0_to_rr4 = pvgen_native_cpu_set_rr0_to_rr4, /* spec/ia64/cpu.pvspec:985 */
-	.ssm_i = pvgen_native_cpu_ssm_i, /* spec/ia64/cpu.pvspec:1010 */
-	.rsm_i = pvgen_native_cpu_rsm_i, /* spec/ia64/cpu.pvspec:1034 */
-	.get_psr_i = pvgen_native_cpu_get_psr_i, /* spec/ia64/cpu.pvspec:1051 */
-	.intrin_local_irq_restore = pvgen_native_cpu_intrin_local_irq_restore, /* spec/ia64/cpu.pvspec:1084 */
+	.get_rr = pvgen_native_cpu_get_rr, /* spec/ia64/cpu.pvspec:965 */
+	.set_rr = pvgen_native_cpu_set_rr, /* spec/ia64/cpu.pvspec:975 */
+	.set_rr0_to_rr4 = pvgen_native_cpu_set_rr0_to_rr4, /* spec/ia64/cpu.pvspec:987 */
+	.ssm_i = pvgen_native_cpu_ssm_i, /* spec/ia64/cpu.pvspec:1013 */
+	.rsm_i = pvgen_native_cpu_rsm_i, /* spec/ia64/cpu.pvspec:1039 */
+	.get_psr_i = pvgen_native_cpu_get_psr_i, /* spec/ia64/cpu.pvspec:1057 */
+	.intrin_local_irq_restore = pvgen_native_cpu_intrin_local_irq_restore, /* spec/ia64/cpu.pvspec:1091 */
 };
 
 /* pv_cpu_ops_xen: the table under xen */
@@ -473,13 +473,13 @@ const struct pv_cpu_ops pv_cpu_ops_xen = {
 	.getreg = xen_getreg, /* spec/ia64/cpu.pvspec:68 */
 	.setreg = xen_setreg, /* spec/ia64/cpu.pvspec:540 */
 	.ptcga = pvgen_xen_cpu_ptcga, /* spec/ia64/cpu.pvspec:957 */
-	.get_rr = pvgen_xen_cpu_get_rr, /* spec/ia64/cpu.pvspec:966 */
-	.set_rr = pvgen_xen_cpu_set_rr, /* spec/ia64/cpu.pvspec:975 */
-	.set_rr0_to_rr4 = pvgen_xen_cpu_set_rr0_to_rr4, /* spec/ia64/cpu.pvspec:1001 */
-	.ssm_i = pvgen_xen_cpu_ssm_i, /* spec/ia64/cpu.pvspec:1012 */
-	.rsm_i = pvgen_xen_cpu_rsm_i, /* spec/ia64/cpu.pvspec:1036 */
-	.get_psr_i = pvgen_xen_cpu_get_psr_i, /* spec/ia64/cpu.pvspec:1058 */
-	.intrin_local_irq_restore = pvgen_xen_cpu_intrin_local_irq_restore, /* spec/ia64/cpu.pvspec:1094 */
+	.get_rr = pvgen_xen_cpu_get_rr, /* spec/ia64/cpu.pvspec:967 */
+	.set_rr = pvgen_xen_cpu_set_rr, /* spec/ia64/cpu.pvspec:977 */
+	.set_rr0_to_rr4 = pvgen_xen_cpu_set_rr0_to_rr4, /* spec/ia64/cpu.pvspec:1003 */
+	.ssm_i = pvgen_xen_cpu_ssm_i, /* spec/ia64/cpu.pvspec:1015 */
+	.rsm_i = pvgen_xen_cpu_rsm_i, /* spec/ia64/cpu.pvspec:1041 */
+	.get_psr_i = pvgen_xen_cpu_get_psr_i, /* spec/ia64/cpu.pvspec:1064 */
+	.intrin_local_irq_restore = pvgen_xen_cpu_intrin_local_irq_restore, /* spec/ia64/cpu.pvspec:1101 */
 };
 
 /* pv_info: native at boot, until boot code copies a hypervisor's table over it */

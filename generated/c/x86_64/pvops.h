@@ -61,72 +61,72 @@
 #define PV_OP_CPU_SET_IOPL_MASK 23 /* spec/x86_64/cpu.pvspec:191 */
 #define PV_OP_CPU_WBINVD 24 /* spec/x86_64/cpu.pvspec:200 */
 #define PV_OP_CPU_IO_DELAY 25 /* spec/x86_64/cpu.pvspec:210 */
-#define PV_OP_CPU_CPUID 26 /* spec/x86_64/cpu.pvspec:220 */
-#define PV_OP_CPU_READ_MSR 27 /* spec/x86_64/cpu.pvspec:228 */
-#define PV_OP_CPU_WRITE_MSR 28 /* spec/x86_64/cpu.pvspec:237 */
-#define PV_OP_CPU_READ_MSR_SAFE 29 /* spec/x86_64/cpu.pvspec:245 */
-#define PV_OP_CPU_WRITE_MSR_SAFE 30 /* spec/x86_64/cpu.pvspec:253 */
-#define PV_OP_CPU_READ_PMC 31 /* spec/x86_64/cpu.pvspec:261 */
-#define PV_OP_CPU_USERGS_SYSRET64 32 /* spec/x86_64/cpu.pvspec:272 */
-#define PV_OP_CPU_IRET 33 /* spec/x86_64/cpu.pvspec:285 */
-#define PV_OP_CPU_SWAPGS 34 /* spec/x86_64/cpu.pvspec:296 */
-#define PV_OP_CPU_START_CONTEXT_SWITCH 35 /* spec/x86_64/cpu.pvspec:306 */
-#define PV_OP_CPU_END_CONTEXT_SWITCH 36 /* spec/x86_64/cpu.pvspec:315 */
+#define PV_OP_CPU_CPUID 26 /* spec/x86_64/cpu.pvspec:222 */
+#define PV_OP_CPU_READ_MSR 27 /* spec/x86_64/cpu.pvspec:230 */
+#define PV_OP_CPU_WRITE_MSR 28 /* spec/x86_64/cpu.pvspec:239 */
+#define PV_OP_CPU_READ_MSR_SAFE 29 /* spec/x86_64/cpu.pvspec:247 */
+#define PV_OP_CPU_WRITE_MSR_SAFE 30 /* spec/x86_64/cpu.pvspec:255 */
+#define PV_OP_CPU_READ_PMC 31 /* spec/x86_64/cpu.pvspec:263 */
+#define PV_OP_CPU_USERGS_SYSRET64 32 /* spec/x86_64/cpu.pvspec:274 */
+#define PV_OP_CPU_IRET 33 /* spec/x86_64/cpu.pvspec:287 */
+#define PV_OP_CPU_SWAPGS 34 /* spec/x86_64/cpu.pvspec:298 */
+#define PV_OP_CPU_START_CONTEXT_SWITCH 35 /* spec/x86_64/cpu.pvspec:308 */
+#define PV_OP_CPU_END_CONTEXT_SWITCH 36 /* spec/x86_64/cpu.pvspec:317 */
 #define PV_OP_IRQ_SAVE_FL 37 /* spec/x86_64/irq.pvspec:15 */
-#define PV_OP_IRQ_RESTORE_FL 38 /* spec/x86_64/irq.pvspec:26 */
-#define PV_OP_IRQ_IRQ_DISABLE 39 /* spec/x86_64/irq.pvspec:36 */
-#define PV_OP_IRQ_IRQ_ENABLE 40 /* spec/x86_64/irq.pvspec:46 */
-#define PV_OP_IRQ_SAFE_HALT 41 /* spec/x86_64/irq.pvspec:56 */
-#define PV_OP_IRQ_HALT 42 /* spec/x86_64/irq.pvspec:65 */
-#define PV_OP_IRQ_ADJUST_EXCEPTION_FRAME 43 /* spec/x86_64/irq.pvspec:75 */
+#define PV_OP_IRQ_RESTORE_FL 38 /* spec/x86_64/irq.pvspec:28 */
+#define PV_OP_IRQ_IRQ_DISABLE 39 /* spec/x86_64/irq.pvspec:40 */
+#define PV_OP_IRQ_IRQ_ENABLE 40 /* spec/x86_64/irq.pvspec:52 */
+#define PV_OP_IRQ_SAFE_HALT 41 /* spec/x86_64/irq.pvspec:64 */
+#define PV_OP_IRQ_HALT 42 /* spec/x86_64/irq.pvspec:73 */
+#define PV_OP_IRQ_ADJUST_EXCEPTION_FRAME 43 /* spec/x86_64/irq.pvspec:83 */
 #define PV_OP_MMU_READ_CR2 44 /* spec/x86_64/mmu.pvspec:18 */
-#define PV_OP_MMU_WRITE_CR2 45 /* spec/x86_64/mmu.pvspec:26 */
-#define PV_OP_MMU_READ_CR3 46 /* spec/x86_64/mmu.pvspec:35 */
-#define PV_OP_MMU_WRITE_CR3 47 /* spec/x86_64/mmu.pvspec:45 */
-#define PV_OP_MMU_ACTIVATE_MM 48 /* spec/x86_64/mmu.pvspec:54 */
-#define PV_OP_MMU_DUP_MMAP 49 /* spec/x86_64/mmu.pvspec:63 */
-#define PV_OP_MMU_EXIT_MMAP 50 /* spec/x86_64/mmu.pvspec:71 */
-#define PV_OP_MMU_FLUSH_TLB_USER 51 /* spec/x86_64/mmu.pvspec:79 */
-#define PV_OP_MMU_FLUSH_TLB_KERNEL 52 /* spec/x86_64/mmu.pvspec:88 */
-#define PV_OP_MMU_FLUSH_TLB_ONE_USER 53 /* spec/x86_64/mmu.pvspec:98 */
-#define PV_OP_MMU_FLUSH_TLB_OTHERS 54 /* spec/x86_64/mmu.pvspec:109 */
-#define PV_OP_MMU_PGD_ALLOC 55 /* spec/x86_64/mmu.pvspec:118 */
-#define PV_OP_MMU_PGD_FREE 56 /* spec/x86_64/mmu.pvspec:126 */
-#define PV_OP_MMU_ALLOC_PTE 57 /* spec/x86_64/mmu.pvspec:136 */
-#define PV_OP_MMU_ALLOC_PMD 58 /* spec/x86_64/mmu.pvspec:144 */
-#define PV_OP_MMU_ALLOC_PUD 59 /* spec/x86_64/mmu.pvspec:152 */
-#define PV_OP_MMU_ALLOC_P4D 60 /* spec/x86_64/mmu.pvspec:161 */
-#define PV_OP_MMU_RELEASE_PTE 61 /* spec/x86_64/mmu.pvspec:170 */
-#define PV_OP_MMU_RELEASE_PMD 62 /* spec/x86_64/mmu.pvspec:178 */
-#define PV_OP_MMU_RELEASE_PUD 63 /* spec/x86_64/mmu.pvspec:186 */
-#define PV_OP_MMU_RELEASE_P4D 64 /* spec/x86_64/mmu.pvspec:194 */
-#define PV_OP_MMU_SET_PTE 65 /* spec/x86_64/mmu.pvspec:203 */
-#define PV_OP_MMU_SET_PTE_AT 66 /* spec/x86_64/mmu.pvspec:211 */
-#define PV_OP_MMU_SET_PMD 67 /* spec/x86_64/mmu.pvspec:219 */
-#define PV_OP_MMU_PTEP_MODIFY_PROT_START 68 /* spec/x86_64/mmu.pvspec:228 */
-#define PV_OP_MMU_PTEP_MODIFY_PROT_COMMIT 69 /* spec/x86_64/mmu.pvspec:236 */
-#define PV_OP_MMU_PTE_VAL 70 /* spec/x86_64/mmu.pvspec:246 */
-#define PV_OP_MMU_MAKE_PTE 71 /* spec/x86_64/mmu.pvspec:256 */
-#define PV_OP_MMU_PGD_VAL 72 /* spec/x86_64/mmu.pvspec:265 */
-#define PV_OP_MMU_MAKE_PGD 73 /* spec/x86_64/mmu.pvspec:274 */
-#define PV_OP_MMU_SET_PUD 74 /* spec/x86_64/mmu.pvspec:283 */
-#define PV_OP_MMU_PMD_VAL 75 /* spec/x86_64/mmu.pvspec:291 */
-#define PV_OP_MMU_MAKE_PMD 76 /* spec/x86_64/mmu.pvspec:300 */
-#define PV_OP_MMU_PUD_VAL 77 /* spec/x86_64/mmu.pvspec:309 */
-#define PV_OP_MMU_MAKE_PUD 78 /* spec/x86_64/mmu.pvspec:318 */
-#define PV_OP_MMU_SET_P4D 79 /* spec/x86_64/mmu.pvspec:327 */
-#define PV_OP_MMU_P4D_VAL 80 /* spec/x86_64/mmu.pvspec:335 */
-#define PV_OP_MMU_MAKE_P4D 81 /* spec/x86_64/mmu.pvspec:344 */
-#define PV_OP_MMU_SET_PGD 82 /* spec/x86_64/mmu.pvspec:354 */
-#define PV_OP_MMU_LAZY_MODE_ENTER 83 /* spec/x86_64/mmu.pvspec:363 */
-#define PV_OP_MMU_LAZY_MODE_LEAVE 84 /* spec/x86_64/mmu.pvspec:372 */
-#define PV_OP_MMU_LAZY_MODE_FLUSH 85 /* spec/x86_64/mmu.pvspec:381 */
-#define PV_OP_MMU_SET_FIXMAP 86 /* spec/x86_64/mmu.pvspec:390 */
+#define PV_OP_MMU_WRITE_CR2 45 /* spec/x86_64/mmu.pvspec:27 */
+#define PV_OP_MMU_READ_CR3 46 /* spec/x86_64/mmu.pvspec:36 */
+#define PV_OP_MMU_WRITE_CR3 47 /* spec/x86_64/mmu.pvspec:47 */
+#define PV_OP_MMU_ACTIVATE_MM 48 /* spec/x86_64/mmu.pvspec:58 */
+#define PV_OP_MMU_DUP_MMAP 49 /* spec/x86_64/mmu.pvspec:67 */
+#define PV_OP_MMU_EXIT_MMAP 50 /* spec/x86_64/mmu.pvspec:75 */
+#define PV_OP_MMU_FLUSH_TLB_USER 51 /* spec/x86_64/mmu.pvspec:83 */
+#define PV_OP_MMU_FLUSH_TLB_KERNEL 52 /* spec/x86_64/mmu.pvspec:92 */
+#define PV_OP_MMU_FLUSH_TLB_ONE_USER 53 /* spec/x86_64/mmu.pvspec:102 */
+#define PV_OP_MMU_FLUSH_TLB_OTHERS 54 /* spec/x86_64/mmu.pvspec:115 */
+#define PV_OP_MMU_PGD_ALLOC 55 /* spec/x86_64/mmu.pvspec:124 */
+#define PV_OP_MMU_PGD_FREE 56 /* spec/x86_64/mmu.pvspec:132 */
+#define PV_OP_MMU_ALLOC_PTE 57 /* spec/x86_64/mmu.pvspec:142 */
+#define PV_OP_MMU_ALLOC_PMD 58 /* spec/x86_64/mmu.pvspec:150 */
+#define PV_OP_MMU_ALLOC_PUD 59 /* spec/x86_64/mmu.pvspec:158 */
+#define PV_OP_MMU_ALLOC_P4D 60 /* spec/x86_64/mmu.pvspec:167 */
+#define PV_OP_MMU_RELEASE_PTE 61 /* spec/x86_64/mmu.pvspec:176 */
+#define PV_OP_MMU_RELEASE_PMD 62 /* spec/x86_64/mmu.pvspec:184 */
+#define PV_OP_MMU_RELEASE_PUD 63 /* spec/x86_64/mmu.pvspec:192 */
+#define PV_OP_MMU_RELEASE_P4D 64 /* spec/x86_64/mmu.pvspec:200 */
+#define PV_OP_MMU_SET_PTE 65 /* spec/x86_64/mmu.pvspec:209 */
+#define PV_OP_MMU_SET_PTE_AT 66 /* spec/x86_64/mmu.pvspec:218 */
+#define PV_OP_MMU_SET_PMD 67 /* spec/x86_64/mmu.pvspec:226 */
+#define PV_OP_MMU_PTEP_MODIFY_PROT_START 68 /* spec/x86_64/mmu.pvspec:235 */
+#define PV_OP_MMU_PTEP_MODIFY_PROT_COMMIT 69 /* spec/x86_64/mmu.pvspec:243 */
+#define PV_OP_MMU_PTE_VAL 70 /* spec/x86_64/mmu.pvspec:253 */
+#define PV_OP_MMU_MAKE_PTE 71 /* spec/x86_64/mmu.pvspec:265 */
+#define PV_OP_MMU_PGD_VAL 72 /* spec/x86_64/mmu.pvspec:276 */
+#define PV_OP_MMU_MAKE_PGD 73 /* spec/x86_64/mmu.pvspec:285 */
+#define PV_OP_MMU_SET_PUD 74 /* spec/x86_64/mmu.pvspec:294 */
+#define PV_OP_MMU_PMD_VAL 75 /* spec/x86_64/mmu.pvspec:302 */
+#define PV_OP_MMU_MAKE_PMD 76 /* spec/x86_64/mmu.pvspec:311 */
+#define PV_OP_MMU_PUD_VAL 77 /* spec/x86_64/mmu.pvspec:320 */
+#define PV_OP_MMU_MAKE_PUD 78 /* spec/x86_64/mmu.pvspec:329 */
+#define PV_OP_MMU_SET_P4D 79 /* spec/x86_64/mmu.pvspec:338 */
+#define PV_OP_MMU_P4D_VAL 80 /* spec/x86_64/mmu.pvspec:346 */
+#define PV_OP_MMU_MAKE_P4D 81 /* spec/x86_64/mmu.pvspec:355 */
+#define PV_OP_MMU_SET_PGD 82 /* spec/x86_64/mmu.pvspec:365 */
+#define PV_OP_MMU_LAZY_MODE_ENTER 83 /* spec/x86_64/mmu.pvspec:374 */
+#define PV_OP_MMU_LAZY_MODE_LEAVE 84 /* spec/x86_64/mmu.pvspec:383 */
+#define PV_OP_MMU_LAZY_MODE_FLUSH 85 /* spec/x86_64/mmu.pvspec:392 */
+#define PV_OP_MMU_SET_FIXMAP 86 /* spec/x86_64/mmu.pvspec:401 */
 #define PV_OP_LOCK_QUEUED_SPIN_LOCK_SLOWPATH 87 /* spec/x86_64/lock.pvspec:16 */
 #define PV_OP_LOCK_QUEUED_SPIN_UNLOCK 88 /* spec/x86_64/lock.pvspec:26 */
-#define PV_OP_LOCK_WAIT 89 /* spec/x86_64/lock.pvspec:37 */
-#define PV_OP_LOCK_KICK 90 /* spec/x86_64/lock.pvspec:46 */
-#define PV_OP_LOCK_VCPU_IS_PREEMPTED 91 /* spec/x86_64/lock.pvspec:57 */
+#define PV_OP_LOCK_WAIT 89 /* spec/x86_64/lock.pvspec:38 */
+#define PV_OP_LOCK_KICK 90 /* spec/x86_64/lock.pvspec:47 */
+#define PV_OP_LOCK_VCPU_IS_PREEMPTED 91 /* spec/x86_64/lock.pvspec:58 */
 #define PV_OP_COUNT 92 /* spec/arches.pvspec:5 */
 #define PV_OP_SLOT_SIZE 8 /* spec/arches.pvspec:5 */
 
@@ -158,72 +158,72 @@
 	X(cpu, set_iopl_mask, 23, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:191 */              \
 	X(cpu, wbinvd, 24, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:200 */                     \
 	X(cpu, io_delay, 25, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:210 */                   \
-	X(cpu, cpuid, 26, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:220 */                      \
-	X(cpu, read_msr, 27, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:228 */                   \
-	X(cpu, write_msr, 28, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:237 */                  \
-	X(cpu, read_msr_safe, 29, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:245 */              \
-	X(cpu, write_msr_safe, 30, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:253 */             \
-	X(cpu, read_pmc, 31, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:261 */                   \
-	X(cpu, usergs_sysret64, 32, asm_macro, jump, 0, 0x000) /* spec/x86_64/cpu.pvspec:272 */            \
-	X(cpu, iret, 33, asm_macro, jump, 0, 0x000) /* spec/x86_64/cpu.pvspec:285 */                       \
-	X(cpu, swapgs, 34, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:296 */                     \
-	X(cpu, start_context_switch, 35, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:306 */       \
-	X(cpu, end_context_switch, 36, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:315 */         \
+	X(cpu, cpuid, 26, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:222 */                      \
+	X(cpu, read_msr, 27, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:230 */                   \
+	X(cpu, write_msr, 28, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:239 */                  \
+	X(cpu, read_msr_safe, 29, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:247 */              \
+	X(cpu, write_msr_safe, 30, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:255 */             \
+	X(cpu, read_pmc, 31, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:263 */                   \
+	X(cpu, usergs_sysret64, 32, asm_macro, jump, 0, 0x000) /* spec/x86_64/cpu.pvspec:274 */            \
+	X(cpu, iret, 33, asm_macro, jump, 0, 0x000) /* spec/x86_64/cpu.pvspec:287 */                       \
+	X(cpu, swapgs, 34, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:298 */                     \
+	X(cpu, start_context_switch, 35, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:308 */       \
+	X(cpu, end_context_switch, 36, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:317 */         \
 	X(irq, save_fl, 37, patchable, call, 1, 0x001) /* spec/x86_64/irq.pvspec:15 */                     \
-	X(irq, restore_fl, 38, patchable, call, 1, 0x001) /* spec/x86_64/irq.pvspec:26 */                  \
-	X(irq, irq_disable, 39, patchable, call, 1, 0x001) /* spec/x86_64/irq.pvspec:36 */                 \
-	X(irq, irq_enable, 40, patchable, call, 1, 0x001) /* spec/x86_64/irq.pvspec:46 */                  \
-	X(irq, safe_halt, 41, patchable, call, 0, 0x1ff) /* spec/x86_64/irq.pvspec:56 */                   \
-	X(irq, halt, 42, patchable, call, 0, 0x1ff) /* spec/x86_64/irq.pvspec:65 */                        \
-	X(irq, adjust_exception_frame, 43, asm_macro, call, 0, 0x000) /* spec/x86_64/irq.pvspec:75 */      \
+	X(irq, restore_fl, 38, patchable, call, 1, 0x001) /* spec/x86_64/irq.pvspec:28 */                  \
+	X(irq, irq_disable, 39, patchable, call, 1, 0x001) /* spec/x86_64/irq.pvspec:40 */                 \
+	X(irq, irq_enable, 40, patchable, call, 1, 0x001) /* spec/x86_64/irq.pvspec:52 */                  \
+	X(irq, safe_halt, 41, patchable, call, 0, 0x1ff) /* spec/x86_64/irq.pvspec:64 */                   \
+	X(irq, halt, 42, patchable, call, 0, 0x1ff) /* spec/x86_64/irq.pvspec:73 */                        \
+	X(irq, adjust_exception_frame, 43, asm_macro, call, 0, 0x000) /* spec/x86_64/irq.pvspec:83 */      \
 	X(mmu, read_cr2, 44, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:18 */                    \
-	X(mmu, write_cr2, 45, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:26 */                   \
-	X(mmu, read_cr3, 46, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:35 */                    \
-	X(mmu, write_cr3, 47, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:45 */                   \
-	X(mmu, activate_mm, 48, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:54 */                 \
-	X(mmu, dup_mmap, 49, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:63 */                    \
-	X(mmu, exit_mmap, 50, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:71 */                   \
-	X(mmu, flush_tlb_user, 51, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:79 */              \
-	X(mmu, flush_tlb_kernel, 52, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:88 */            \
-	X(mmu, flush_tlb_one_user, 53, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:98 */          \
-	X(mmu, flush_tlb_others, 54, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:109 */           \
-	X(mmu, pgd_alloc, 55, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:118 */                  \
-	X(mmu, pgd_free, 56, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:126 */                   \
-	X(mmu, alloc_pte, 57, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:136 */                  \
-	X(mmu, alloc_pmd, 58, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:144 */                  \
-	X(mmu, alloc_pud, 59, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:152 */                  \
-	X(mmu, alloc_p4d, 60, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:161 */                  \
-	X(mmu, release_pte, 61, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:170 */                \
-	X(mmu, release_pmd, 62, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:178 */                \
-	X(mmu, release_pud, 63, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:186 */                \
-	X(mmu, release_p4d, 64, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:194 */                \
-	X(mmu, set_pte, 65, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:203 */                    \
-	X(mmu, set_pte_at, 66, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:211 */                 \
-	X(mmu, set_pmd, 67, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:219 */                    \
-	X(mmu, ptep_modify_prot_start, 68, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:228 */     \
-	X(mmu, ptep_modify_prot_commit, 69, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:236 */    \
-	X(mmu, pte_val, 70, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:246 */                    \
-	X(mmu, make_pte, 71, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:256 */                   \
-	X(mmu, pgd_val, 72, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:265 */                    \
-	X(mmu, make_pgd, 73, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:274 */                   \
-	X(mmu, set_pud, 74, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:283 */                    \
-	X(mmu, pmd_val, 75, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:291 */                    \
-	X(mmu, make_pmd, 76, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:300 */                   \
-	X(mmu, pud_val, 77, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:309 */                    \
-	X(mmu, make_pud, 78, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:318 */                   \
-	X(mmu, set_p4d, 79, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:327 */                    \
-	X(mmu, p4d_val, 80, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:335 */                    \
-	X(mmu, make_p4d, 81, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:344 */                   \
-	X(mmu, set_pgd, 82, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:354 */                    \
-	X(mmu, lazy_mode_enter, 83, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:363 */            \
-	X(mmu, lazy_mode_leave, 84, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:372 */            \
-	X(mmu, lazy_mode_flush, 85, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:381 */            \
-	X(mmu, set_fixmap, 86, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:390 */                 \
+	X(mmu, write_cr2, 45, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:27 */                   \
+	X(mmu, read_cr3, 46, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:36 */                    \
+	X(mmu, write_cr3, 47, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:47 */                   \
+	X(mmu, activate_mm, 48, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:58 */                 \
+	X(mmu, dup_mmap, 49, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:67 */                    \
+	X(mmu, exit_mmap, 50, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:75 */                   \
+	X(mmu, flush_tlb_user, 51, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:83 */              \
+	X(mmu, flush_tlb_kernel, 52, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:92 */            \
+	X(mmu, flush_tlb_one_user, 53, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:102 */         \
+	X(mmu, flush_tlb_others, 54, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:115 */           \
+	X(mmu, pgd_alloc, 55, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:124 */                  \
+	X(mmu, pgd_free, 56, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:132 */                   \
+	X(mmu, alloc_pte, 57, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:142 */                  \
+	X(mmu, alloc_pmd, 58, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:150 */                  \
+	X(mmu, alloc_pud, 59, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:158 */                  \
+	X(mmu, alloc_p4d, 60, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:167 */                  \
+	X(mmu, release_pte, 61, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:176 */                \
+	X(mmu, release_pmd, 62, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:184 */                \
+	X(mmu, release_pud, 63, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:192 */                \
+	X(mmu, release_p4d, 64, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:200 */                \
+	X(mmu, set_pte, 65, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:209 */                    \
+	X(mmu, set_pte_at, 66, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:218 */                 \
+	X(mmu, set_pmd, 67, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:226 */                    \
+	X(mmu, ptep_modify_prot_start, 68, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:235 */     \
+	X(mmu, ptep_modify_prot_commit, 69, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:243 */    \
+	X(mmu, pte_val, 70, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:253 */                    \
+	X(mmu, make_pte, 71, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:265 */                   \
+	X(mmu, pgd_val, 72, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:276 */                    \
+	X(mmu, make_pgd, 73, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:285 */                   \
+	X(mmu, set_pud, 74, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:294 */                    \
+	X(mmu, pmd_val, 75, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:302 */                    \
+	X(mmu, make_pmd, 76, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:311 */                   \
+	X(mmu, pud_val, 77, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:320 */                    \
+	X(mmu, make_pud, 78, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:329 */                   \
+	X(mmu, set_p4d, 79, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:338 */                    \
+	X(mmu, p4d_val, 80, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:346 */                    \
+	X(mmu, make_p4d, 81, patchable, call, 1, 0x001) /* spec/x86_64/mmu.pvspec:355 */                   \
+	X(mmu, set_pgd, 82, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:365 */                    \
+	X(mmu, lazy_mode_enter, 83, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:374 */            \
+	X(mmu, lazy_mode_leave, 84, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:383 */            \
+	X(mmu, lazy_mode_flush, 85, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:392 */            \
+	X(mmu, set_fixmap, 86, patchable, call, 0, 0x1ff) /* spec/x86_64/mmu.pvspec:401 */                 \
 	X(lock, queued_spin_lock_slowpath, 87, patchable, call, 0, 0x1ff) /* spec/x86_64/lock.pvspec:16 */ \
 	X(lock, queued_spin_unlock, 88, patchable, call, 1, 0x001) /* spec/x86_64/lock.pvspec:26 */        \
-	X(lock, wait, 89, patchable, call, 0, 0x1ff) /* spec/x86_64/lock.pvspec:37 */                      \
-	X(lock, kick, 90, patchable, call, 0, 0x1ff) /* spec/x86_64/lock.pvspec:46 */                      \
-	X(lock, vcpu_is_preempted, 91, patchable, call, 1, 0x001) /* spec/x86_64/lock.pvspec:57 */
+	X(lock, wait, 89, patchable, call, 0, 0x1ff) /* spec/x86_64/lock.pvspec:38 */                      \
+	X(lock, kick, 90, patchable, call, 0, 0x1ff) /* spec/x86_64/lock.pvspec:47 */                      \
+	X(lock, vcpu_is_preempted, 91, patchable, call, 1, 0x001) /* spec/x86_64/lock.pvspec:58 */
 
 /* Every group: X(group, struct, bit in the forced-native mask). */
 #define PVOPS_X86_64_GROUPS(X)                                    \
@@ -309,84 +309,84 @@ struct pv_cpu_ops {
 	void (*set_iopl_mask)(unsigned int mask); /* spec/x86_64/cpu.pvspec:191 */
 	void (*wbinvd)(void); /* spec/x86_64/cpu.pvspec:200 */
 	void (*io_delay)(void); /* spec/x86_64/cpu.pvspec:210 */
-	void (*cpuid)(unsigned int *eax, unsigned int *ebx, unsigned int *ecx, unsigned int *edx); /* spec/x86_64/cpu.pvspec:220 */
-	u64 (*read_msr)(unsigned int msr); /* spec/x86_64/cpu.pvspec:228 */
-	void (*write_msr)(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:237 */
-	u64 (*read_msr_safe)(unsigned int msr, int *err); /* spec/x86_64/cpu.pvspec:245 */
-	int (*write_msr_safe)(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:253 */
-	u64 (*read_pmc)(int counter); /* spec/x86_64/cpu.pvspec:261 */
-	void (*usergs_sysret64)(void); /* spec/x86_64/cpu.pvspec:272 */
-	void (*iret)(void); /* spec/x86_64/cpu.pvspec:285 */
-	void (*swapgs)(void); /* spec/x86_64/cpu.pvspec:296 */
-	void (*start_context_switch)(struct task_struct *prev); /* spec/x86_64/cpu.pvspec:306 */
-	void (*end_context_switch)(struct task_struct *next); /* spec/x86_64/cpu.pvspec:315 */
+	void (*cpuid)(unsigned int *eax, unsigned int *ebx, unsigned int *ecx, unsigned int *edx); /* spec/x86_64/cpu.pvspec:222 */
+	u64 (*read_msr)(unsigned int msr); /* spec/x86_64/cpu.pvspec:230 */
+	void (*write_msr)(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:239 */
+	u64 (*read_msr_safe)(unsigned int msr, int *err); /* spec/x86_64/cpu.pvspec:247 */
+	int (*write_msr_safe)(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:255 */
+	u64 (*read_pmc)(int counter); /* spec/x86_64/cpu.pvspec:263 */
+	void (*usergs_sysret64)(void); /* spec/x86_64/cpu.pvspec:274 */
+	void (*iret)(void); /* spec/x86_64/cpu.pvspec:287 */
+	void (*swapgs)(void); /* spec/x86_64/cpu.pvspec:298 */
+	void (*start_context_switch)(struct task_struct *prev); /* spec/x86_64/cpu.pvspec:308 */
+	void (*end_context_switch)(struct task_struct *next); /* spec/x86_64/cpu.pvspec:317 */
 };
 
 /* group irq: spec/x86_64/irq.pvspec:7 */
 struct pv_irq_ops {
 	unsigned long (*save_fl)(void); /* spec/x86_64/irq.pvspec:15 */
-	void (*restore_fl)(unsigned long flags); /* spec/x86_64/irq.pvspec:26 */
-	void (*irq_disable)(void); /* spec/x86_64/irq.pvspec:36 */
-	void (*irq_enable)(void); /* spec/x86_64/irq.pvspec:46 */
-	void (*safe_halt)(void); /* spec/x86_64/irq.pvspec:56 */
-	void (*halt)(void); /* spec/x86_64/irq.pvspec:65 */
-	void (*adjust_exception_frame)(void); /* spec/x86_64/irq.pvspec:75 */
+	void (*restore_fl)(unsigned long flags); /* spec/x86_64/irq.pvspec:28 */
+	void (*irq_disable)(void); /* spec/x86_64/irq.pvspec:40 */
+	void (*irq_enable)(void); /* spec/x86_64/irq.pvspec:52 */
+	void (*safe_halt)(void); /* spec/x86_64/irq.pvspec:64 */
+	void (*halt)(void); /* spec/x86_64/irq.pvspec:73 */
+	void (*adjust_exception_frame)(void); /* spec/x86_64/irq.pvspec:83 */
 };
 
 /* group mmu: spec/x86_64/mmu.pvspec:10 */
 struct pv_mmu_ops {
 	unsigned long (*read_cr2)(void); /* spec/x86_64/mmu.pvspec:18 */
-	void (*write_cr2)(unsigned long cr2); /* spec/x86_64/mmu.pvspec:26 */
-	unsigned long (*read_cr3)(void); /* spec/x86_64/mmu.pvspec:35 */
-	void (*write_cr3)(unsigned long cr3); /* spec/x86_64/mmu.pvspec:45 */
-	void (*activate_mm)(struct mm_struct *prev, struct mm_struct *next); /* spec/x86_64/mmu.pvspec:54 */
-	void (*dup_mmap)(struct mm_struct *oldmm, struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:63 */
-	void (*exit_mmap)(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:71 */
-	void (*flush_tlb_user)(void); /* spec/x86_64/mmu.pvspec:79 */
-	void (*flush_tlb_kernel)(void); /* spec/x86_64/mmu.pvspec:88 */
-	void (*flush_tlb_one_user)(unsigned long addr); /* spec/x86_64/mmu.pvspec:98 */
-	void (*flush_tlb_others)(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:109 */
-	int (*pgd_alloc)(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:118 */
-	void (*pgd_free)(struct mm_struct *mm, pgd_t *pgd); /* spec/x86_64/mmu.pvspec:126 */
-	void (*alloc_pte)(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:136 */
-	void (*alloc_pmd)(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:144 */
-	void (*alloc_pud)(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:152 */
-	void (*alloc_p4d)(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:161 */
-	void (*release_pte)(unsigned long pfn); /* spec/x86_64/mmu.pvspec:170 */
-	void (*release_pmd)(unsigned long pfn); /* spec/x86_64/mmu.pvspec:178 */
-	void (*release_pud)(unsigned long pfn); /* spec/x86_64/mmu.pvspec:186 */
-	void (*release_p4d)(unsigned long pfn); /* spec/x86_64/mmu.pvspec:194 */
-	void (*set_pte)(pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:203 */
-	void (*set_pte_at)(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:211 */
-	void (*set_pmd)(pmd_t *pmdp, pmd_t pmdval); /* spec/x86_64/mmu.pvspec:219 */
-	pte_t (*ptep_modify_prot_start)(struct mm_struct *mm, unsigned long addr, pte_t *ptep); /* spec/x86_64/mmu.pvspec:228 */
-	void (*ptep_modify_prot_commit)(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pte); /* spec/x86_64/mmu.pvspec:236 */
-	pteval_t (*pte_val)(pte_t pte); /* spec/x86_64/mmu.pvspec:246 */
-	pte_t (*make_pte)(pteval_t pte); /* spec/x86_64/mmu.pvspec:256 */
-	pgdval_t (*pgd_val)(pgd_t pgd); /* spec/x86_64/mmu.pvspec:265 */
-	pgd_t (*make_pgd)(pgdval_t pgd); /* spec/x86_64/mmu.pvspec:274 */
-	void (*set_pud)(pud_t *pudp, pud_t pudval); /* spec/x86_64/mmu.pvspec:283 */
-	pmdval_t (*pmd_val)(pmd_t pmd); /* spec/x86_64/mmu.pvspec:291 */
-	pmd_t (*make_pmd)(pmdval_t pmd); /* spec/x86_64/mmu.pvspec:300 */
-	pudval_t (*pud_val)(pud_t pud); /* spec/x86_64/mmu.pvspec:309 */
-	pud_t (*make_pud)(pudval_t pud); /* spec/x86_64/mmu.pvspec:318 */
-	void (*set_p4d)(p4d_t *p4dp, p4d_t p4dval); /* spec/x86_64/mmu.pvspec:327 */
-	p4dval_t (*p4d_val)(p4d_t p4d); /* spec/x86_64/mmu.pvspec:335 */
-	p4d_t (*make_p4d)(p4dval_t p4d); /* spec/x86_64/mmu.pvspec:344 */
-	void (*set_pgd)(pgd_t *pgdp, pgd_t pgdval); /* spec/x86_64/mmu.pvspec:354 */
-	void (*lazy_mode_enter)(void); /* spec/x86_64/mmu.pvspec:363 */
-	void (*lazy_mode_leave)(void); /* spec/x86_64/mmu.pvspec:372 */
-	void (*lazy_mode_flush)(void); /* spec/x86_64/mmu.pvspec:381 */
-	void (*set_fixmap)(unsigned int idx, phys_addr_t phys, pgprot_t flags); /* spec/x86_64/mmu.pvspec:390 */
+	void (*write_cr2)(unsigned long cr2); /* spec/x86_64/mmu.pvspec:27 */
+	unsigned long (*read_cr3)(void); /* spec/x86_64/mmu.pvspec:36 */
+	void (*write_cr3)(unsigned long cr3); /* spec/x86_64/mmu.pvspec:47 */
+	void (*activate_mm)(struct mm_struct *prev, struct mm_struct *next); /* spec/x86_64/mmu.pvspec:58 */
+	void (*dup_mmap)(struct mm_struct *oldmm, struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:67 */
+	void (*exit_mmap)(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:75 */
+	void (*flush_tlb_user)(void); /* spec/x86_64/mmu.pvspec:83 */
+	void (*flush_tlb_kernel)(void); /* spec/x86_64/mmu.pvspec:92 */
+	void (*flush_tlb_one_user)(unsigned long addr); /* spec/x86_64/mmu.pvspec:102 */
+	void (*flush_tlb_others)(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:115 */
+	int (*pgd_alloc)(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:124 */
+	void (*pgd_free)(struct mm_struct *mm, pgd_t *pgd); /* spec/x86_64/mmu.pvspec:132 */
+	void (*alloc_pte)(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:142 */
+	void (*alloc_pmd)(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:150 */
+	void (*alloc_pud)(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:158 */
+	void (*alloc_p4d)(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:167 */
+	void (*release_pte)(unsigned long pfn); /* spec/x86_64/mmu.pvspec:176 */
+	void (*release_pmd)(unsigned long pfn); /* spec/x86_64/mmu.pvspec:184 */
+	void (*release_pud)(unsigned long pfn); /* spec/x86_64/mmu.pvspec:192 */
+	void (*release_p4d)(unsigned long pfn); /* spec/x86_64/mmu.pvspec:200 */
+	void (*set_pte)(pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:209 */
+	void (*set_pte_at)(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:218 */
+	void (*set_pmd)(pmd_t *pmdp, pmd_t pmdval); /* spec/x86_64/mmu.pvspec:226 */
+	pte_t (*ptep_modify_prot_start)(struct mm_struct *mm, unsigned long addr, pte_t *ptep); /* spec/x86_64/mmu.pvspec:235 */
+	void (*ptep_modify_prot_commit)(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pte); /* spec/x86_64/mmu.pvspec:243 */
+	pteval_t (*pte_val)(pte_t pte); /* spec/x86_64/mmu.pvspec:253 */
+	pte_t (*make_pte)(pteval_t pte); /* spec/x86_64/mmu.pvspec:265 */
+	pgdval_t (*pgd_val)(pgd_t pgd); /* spec/x86_64/mmu.pvspec:276 */
+	pgd_t (*make_pgd)(pgdval_t pgd); /* spec/x86_64/mmu.pvspec:285 */
+	void (*set_pud)(pud_t *pudp, pud_t pudval); /* spec/x86_64/mmu.pvspec:294 */
+	pmdval_t (*pmd_val)(pmd_t pmd); /* spec/x86_64/mmu.pvspec:302 */
+	pmd_t (*make_pmd)(pmdval_t pmd); /* spec/x86_64/mmu.pvspec:311 */
+	pudval_t (*pud_val)(pud_t pud); /* spec/x86_64/mmu.pvspec:320 */
+	pud_t (*make_pud)(pudval_t pud); /* spec/x86_64/mmu.pvspec:329 */
+	void (*set_p4d)(p4d_t *p4dp, p4d_t p4dval); /* spec/x86_64/mmu.pvspec:338 */
+	p4dval_t (*p4d_val)(p4d_t p4d); /* spec/x86_64/mmu.pvspec:346 */
+	p4d_t (*make_p4d)(p4dval_t p4d); /* spec/x86_64/mmu.pvspec:355 */
+	void (*set_pgd)(pgd_t *pgdp, pgd_t pgdval); /* spec/x86_64/mmu.pvspec:365 */
+	void (*lazy_mode_enter)(void); /* spec/x86_64/mmu.pvspec:374 */
+	void (*lazy_mode_leave)(void); /* spec/x86_64/mmu.pvspec:383 */
+	void (*lazy_mode_flush)(void); /* spec/x86_64/mmu.pvspec:392 */
+	void (*set_fixmap)(unsigned int idx, phys_addr_t phys, pgprot_t flags); /* spec/x86_64/mmu.pvspec:401 */
 };
 
 /* group lock: spec/x86_64/lock.pvspec:8 */
 struct pv_lock_ops {
 	void (*queued_spin_lock_slowpath)(struct qspinlock *lock, u32 val); /* spec/x86_64/lock.pvspec:16 */
 	void (*queued_spin_unlock)(struct qspinlock *lock); /* spec/x86_64/lock.pvspec:26 */
-	void (*wait)(u8 *ptr, u8 val); /* spec/x86_64/lock.pvspec:37 */
-	void (*kick)(int cpu); /* spec/x86_64/lock.pvspec:46 */
-	bool (*vcpu_is_preempted)(long cpu); /* spec/x86_64/lock.pvspec:57 */
+	void (*wait)(u8 *ptr, u8 val); /* spec/x86_64/lock.pvspec:38 */
+	void (*kick)(int cpu); /* spec/x86_64/lock.pvspec:47 */
+	bool (*vcpu_is_preempted)(long cpu); /* spec/x86_64/lock.pvspec:58 */
 };
 
 /* group pv_info: spec/x86_64/pv_info.pvspec:6 */
@@ -480,90 +480,90 @@ PVGEN_IMPL void native_load_sp0(unsigned long sp0); /* spec/x86_64/cpu.pvspec:18
 PVGEN_IMPL void xen_load_sp0(unsigned long sp0); /* spec/x86_64/cpu.pvspec:185 */
 PVGEN_IMPL void native_set_iopl_mask(unsigned int mask); /* spec/x86_64/cpu.pvspec:193 */
 PVGEN_IMPL void xen_set_iopl_mask(unsigned int mask); /* spec/x86_64/cpu.pvspec:194 */
-PVGEN_IMPL void native_cpuid(unsigned int *eax, unsigned int *ebx, unsigned int *ecx, unsigned int *edx); /* spec/x86_64/cpu.pvspec:222 */
-PVGEN_IMPL void xen_cpuid(unsigned int *eax, unsigned int *ebx, unsigned int *ecx, unsigned int *edx); /* spec/x86_64/cpu.pvspec:223 */
-PVGEN_IMPL u64 native_read_msr(unsigned int msr); /* spec/x86_64/cpu.pvspec:230 */
-PVGEN_IMPL u64 xen_read_msr(unsigned int msr); /* spec/x86_64/cpu.pvspec:231 */
-PVGEN_IMPL void native_write_msr(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:239 */
-PVGEN_IMPL void xen_write_msr(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:240 */
-PVGEN_IMPL u64 native_read_msr_safe(unsigned int msr, int *err); /* spec/x86_64/cpu.pvspec:247 */
-PVGEN_IMPL u64 xen_read_msr_safe(unsigned int msr, int *err); /* spec/x86_64/cpu.pvspec:248 */
-PVGEN_IMPL int native_write_msr_safe(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:255 */
-PVGEN_IMPL int xen_write_msr_safe(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:256 */
-PVGEN_IMPL u64 native_read_pmc(int counter); /* spec/x86_64/cpu.pvspec:263 */
-PVGEN_IMPL u64 xen_read_pmc(int counter); /* spec/x86_64/cpu.pvspec:264 */
-PVGEN_IMPL void xen_sysret64(void); /* spec/x86_64/cpu.pvspec:277 */
-PVGEN_IMPL void xen_iret(void); /* spec/x86_64/cpu.pvspec:290 */
-PVGEN_IMPL void paravirt_start_context_switch(struct task_struct *prev); /* spec/x86_64/cpu.pvspec:309 */
-PVGEN_IMPL void xen_end_context_switch(struct task_struct *next); /* spec/x86_64/cpu.pvspec:318 */
-PVGEN_IMPL unsigned long xen_save_fl_direct(void); /* spec/x86_64/irq.pvspec:19 */
-PVGEN_IMPL void xen_restore_fl_direct(unsigned long flags); /* spec/x86_64/irq.pvspec:30 */
-PVGEN_IMPL void xen_irq_disable_direct(void); /* spec/x86_64/irq.pvspec:40 */
-PVGEN_IMPL void xen_irq_enable_direct(void); /* spec/x86_64/irq.pvspec:50 */
-PVGEN_IMPL void xen_safe_halt(void); /* spec/x86_64/irq.pvspec:59 */
-PVGEN_IMPL void xen_halt(void); /* spec/x86_64/irq.pvspec:68 */
-PVGEN_IMPL void xen_adjust_exception_frame(void); /* spec/x86_64/irq.pvspec:79 */
-PVGEN_IMPL unsigned long xen_read_cr2(void); /* spec/x86_64/mmu.pvspec:21 */
-PVGEN_IMPL void native_write_cr2(unsigned long cr2); /* spec/x86_64/mmu.pvspec:28 */
-PVGEN_IMPL void xen_write_cr2(unsigned long cr2); /* spec/x86_64/mmu.pvspec:29 */
-PVGEN_IMPL unsigned long xen_read_cr3(void); /* spec/x86_64/mmu.pvspec:38 */
-PVGEN_IMPL void xen_write_cr3(unsigned long cr3); /* spec/x86_64/mmu.pvspec:48 */
-PVGEN_IMPL void xen_activate_mm(struct mm_struct *prev, struct mm_struct *next); /* spec/x86_64/mmu.pvspec:57 */
-PVGEN_IMPL void xen_dup_mmap(struct mm_struct *oldmm, struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:66 */
-PVGEN_IMPL void xen_exit_mmap(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:74 */
-PVGEN_IMPL void native_flush_tlb(void); /* spec/x86_64/mmu.pvspec:81 */
-PVGEN_IMPL void xen_flush_tlb(void); /* spec/x86_64/mmu.pvspec:82 */
-PVGEN_IMPL void native_flush_tlb_global(void); /* spec/x86_64/mmu.pvspec:90 */
-PVGEN_IMPL void xen_flush_tlb_one_user(unsigned long addr); /* spec/x86_64/mmu.pvspec:101 */
-PVGEN_IMPL void kvm_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:113 */
-PVGEN_IMPL void native_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:111 */
-PVGEN_IMPL void xen_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:112 */
-PVGEN_IMPL int __paravirt_pgd_alloc(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:120 */
-PVGEN_IMPL int xen_pgd_alloc(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:121 */
-PVGEN_IMPL void xen_pgd_free(struct mm_struct *mm, pgd_t *pgd); /* spec/x86_64/mmu.pvspec:129 */
-PVGEN_IMPL void xen_alloc_pte(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:139 */
-PVGEN_IMPL void xen_alloc_pmd(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:147 */
-PVGEN_IMPL void xen_alloc_pud(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:155 */
-PVGEN_IMPL void xen_release_pte(unsigned long pfn); /* spec/x86_64/mmu.pvspec:173 */
-PVGEN_IMPL void xen_release_pmd(unsigned long pfn); /* spec/x86_64/mmu.pvspec:181 */
-PVGEN_IMPL void xen_release_pud(unsigned long pfn); /* spec/x86_64/mmu.pvspec:189 */
-PVGEN_IMPL void native_set_pte(pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:205 */
-PVGEN_IMPL void xen_set_pte(pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:206 */
-PVGEN_IMPL void native_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:213 */
-PVGEN_IMPL void xen_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:214 */
-PVGEN_IMPL void native_set_pmd(pmd_t *pmdp, pmd_t pmdval); /* spec/x86_64/mmu.pvspec:221 */
-PVGEN_IMPL void xen_set_pmd(pmd_t *pmdp, pmd_t pmdval); /* spec/x86_64/mmu.pvspec:222 */
-PVGEN_IMPL pte_t __ptep_modify_prot_start(struct mm_struct *mm, unsigned long addr, pte_t *ptep); /* spec/x86_64/mmu.pvspec:230 */
-PVGEN_IMPL void __ptep_modify_prot_commit(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pte); /* spec/x86_64/mmu.pvspec:239 */
-PVGEN_IMPL pteval_t xen_pte_val(pte_t pte); /* spec/x86_64/mmu.pvspec:250 */
-PVGEN_IMPL pte_t xen_make_pte(pteval_t pte); /* spec/x86_64/mmu.pvspec:260 */
-PVGEN_IMPL pgdval_t xen_pgd_val(pgd_t pgd); /* spec/x86_64/mmu.pvspec:269 */
-PVGEN_IMPL pgd_t xen_make_pgd(pgdval_t pgd); /* spec/x86_64/mmu.pvspec:278 */
-PVGEN_IMPL void native_set_pud(pud_t *pudp, pud_t pudval); /* spec/x86_64/mmu.pvspec:285 */
-PVGEN_IMPL void xen_set_pud(pud_t *pudp, pud_t pudval); /* spec/x86_64/mmu.pvspec:286 */
-PVGEN_IMPL pmdval_t xen_pmd_val(pmd_t pmd); /* spec/x86_64/mmu.pvspec:295 */
-PVGEN_IMPL pmd_t xen_make_pmd(pmdval_t pmd); /* spec/x86_64/mmu.pvspec:304 */
-PVGEN_IMPL pudval_t xen_pud_val(pud_t pud); /* spec/x86_64/mmu.pvspec:313 */
-PVGEN_IMPL pud_t xen_make_pud(pudval_t pud); /* spec/x86_64/mmu.pvspec:322 */
-PVGEN_IMPL void native_set_p4d(p4d_t *p4dp, p4d_t p4dval); /* spec/x86_64/mmu.pvspec:329 */
-PVGEN_IMPL void xen_set_p4d(p4d_t *p4dp, p4d_t p4dval); /* spec/x86_64/mmu.pvspec:330 */
-PVGEN_IMPL p4dval_t xen_p4d_val(p4d_t p4d); /* spec/x86_64/mmu.pvspec:339 */
-PVGEN_IMPL p4d_t xen_make_p4d(p4dval_t p4d); /* spec/x86_64/mmu.pvspec:348 */
-PVGEN_IMPL void native_set_pgd(pgd_t *pgdp, pgd_t pgdval); /* spec/x86_64/mmu.pvspec:356 */
-PVGEN_IMPL void paravirt_enter_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:366 */
-PVGEN_IMPL void xen_leave_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:375 */
-PVGEN_IMPL void paravirt_flush_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:384 */
-PVGEN_IMPL void native_set_fixmap(unsigned int idx, phys_addr_t phys, pgprot_t flags); /* spec/x86_64/mmu.pvspec:392 */
-PVGEN_IMPL void xen_set_fixmap(unsigned int idx, phys_addr_t phys, pgprot_t flags); /* spec/x86_64/mmu.pvspec:393 */
+PVGEN_IMPL void native_cpuid(unsigned int *eax, unsigned int *ebx, unsigned int *ecx, unsigned int *edx); /* spec/x86_64/cpu.pvspec:224 */
+PVGEN_IMPL void xen_cpuid(unsigned int *eax, unsigned int *ebx, unsigned int *ecx, unsigned int *edx); /* spec/x86_64/cpu.pvspec:225 */
+PVGEN_IMPL u64 native_read_msr(unsigned int msr); /* spec/x86_64/cpu.pvspec:232 */
+PVGEN_IMPL u64 xen_read_msr(unsigned int msr); /* spec/x86_64/cpu.pvspec:233 */
+PVGEN_IMPL void native_write_msr(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:241 */
+PVGEN_IMPL void xen_write_msr(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:242 */
+PVGEN_IMPL u64 native_read_msr_safe(unsigned int msr, int *err); /* spec/x86_64/cpu.pvspec:249 */
+PVGEN_IMPL u64 xen_read_msr_safe(unsigned int msr, int *err); /* spec/x86_64/cpu.pvspec:250 */
+PVGEN_IMPL int native_write_msr_safe(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:257 */
+PVGEN_IMPL int xen_write_msr_safe(unsigned int msr, unsigned int low, unsigned int high); /* spec/x86_64/cpu.pvspec:258 */
+PVGEN_IMPL u64 native_read_pmc(int counter); /* spec/x86_64/cpu.pvspec:265 */
+PVGEN_IMPL u64 xen_read_pmc(int counter); /* spec/x86_64/cpu.pvspec:266 */
+PVGEN_IMPL void xen_sysret64(void); /* spec/x86_64/cpu.pvspec:279 */
+PVGEN_IMPL void xen_iret(void); /* spec/x86_64/cpu.pvspec:292 */
+PVGEN_IMPL void paravirt_start_context_switch(struct task_struct *prev); /* spec/x86_64/cpu.pvspec:311 */
+PVGEN_IMPL void xen_end_context_switch(struct task_struct *next); /* spec/x86_64/cpu.pvspec:320 */
+PVGEN_IMPL unsigned long xen_save_fl_direct(void); /* spec/x86_64/irq.pvspec:21 */
+PVGEN_IMPL void xen_restore_fl_direct(unsigned long flags); /* spec/x86_64/irq.pvspec:34 */
+PVGEN_IMPL void xen_irq_disable_direct(void); /* spec/x86_64/irq.pvspec:46 */
+PVGEN_IMPL void xen_irq_enable_direct(void); /* spec/x86_64/irq.pvspec:58 */
+PVGEN_IMPL void xen_safe_halt(void); /* spec/x86_64/irq.pvspec:67 */
+PVGEN_IMPL void xen_halt(void); /* spec/x86_64/irq.pvspec:76 */
+PVGEN_IMPL void xen_adjust_exception_frame(void); /* spec/x86_64/irq.pvspec:87 */
+PVGEN_IMPL unsigned long xen_read_cr2(void); /* spec/x86_64/mmu.pvspec:22 */
+PVGEN_IMPL void native_write_cr2(unsigned long cr2); /* spec/x86_64/mmu.pvspec:29 */
+PVGEN_IMPL void xen_write_cr2(unsigned long cr2); /* spec/x86_64/mmu.pvspec:30 */
+PVGEN_IMPL unsigned long xen_read_cr3(void); /* spec/x86_64/mmu.pvspec:40 */
+PVGEN_IMPL void xen_write_cr3(unsigned long cr3); /* spec/x86_64/mmu.pvspec:52 */
+PVGEN_IMPL void xen_activate_mm(struct mm_struct *prev, struct mm_struct *next); /* spec/x86_64/mmu.pvspec:61 */
+PVGEN_IMPL void xen_dup_mmap(struct mm_struct *oldmm, struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:70 */
+PVGEN_IMPL void xen_exit_mmap(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:78 */
+PVGEN_IMPL void native_flush_tlb(void); /* spec/x86_64/mmu.pvspec:85 */
+PVGEN_IMPL void xen_flush_tlb(void); /* spec/x86_64/mmu.pvspec:86 */
+PVGEN_IMPL void native_flush_tlb_global(void); /* spec/x86_64/mmu.pvspec:94 */
+PVGEN_IMPL void xen_flush_tlb_one_user(unsigned long addr); /* spec/x86_64/mmu.pvspec:107 */
+PVGEN_IMPL void kvm_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:119 */
+PVGEN_IMPL void native_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:117 */
+PVGEN_IMPL void xen_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info); /* spec/x86_64/mmu.pvspec:118 */
+PVGEN_IMPL int __paravirt_pgd_alloc(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:126 */
+PVGEN_IMPL int xen_pgd_alloc(struct mm_struct *mm); /* spec/x86_64/mmu.pvspec:127 */
+PVGEN_IMPL void xen_pgd_free(struct mm_struct *mm, pgd_t *pgd); /* spec/x86_64/mmu.pvspec:135 */
+PVGEN_IMPL void xen_alloc_pte(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:145 */
+PVGEN_IMPL void xen_alloc_pmd(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:153 */
+PVGEN_IMPL void xen_alloc_pud(struct mm_struct *mm, unsigned long pfn); /* spec/x86_64/mmu.pvspec:161 */
+PVGEN_IMPL void xen_release_pte(unsigned long pfn); /* spec/x86_64/mmu.pvspec:179 */
+PVGEN_IMPL void xen_release_pmd(unsigned long pfn); /* spec/x86_64/mmu.pvspec:187 */
+PVGEN_IMPL void xen_release_pud(unsigned long pfn); /* spec/x86_64/mmu.pvspec:195 */
+PVGEN_IMPL void native_set_pte(pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:212 */
+PVGEN_IMPL void xen_set_pte(pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:213 */
+PVGEN_IMPL void native_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:220 */
+PVGEN_IMPL void xen_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pteval); /* spec/x86_64/mmu.pvspec:221 */
+PVGEN_IMPL void native_set_pmd(pmd_t *pmdp, pmd_t pmdval); /* spec/x86_64/mmu.pvspec:228 */
+PVGEN_IMPL void xen_set_pmd(pmd_t *pmdp, pmd_t pmdval); /* spec/x86_64/mmu.pvspec:229 */
+PVGEN_IMPL pte_t __ptep_modify_prot_start(struct mm_struct *mm, unsigned long addr, pte_t *ptep); /* spec/x86_64/mmu.pvspec:237 */
+PVGEN_IMPL void __ptep_modify_prot_commit(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pte); /* spec/x86_64/mmu.pvspec:246 */
+PVGEN_IMPL pteval_t xen_pte_val(pte_t pte); /* spec/x86_64/mmu.pvspec:259 */
+PVGEN_IMPL pte_t xen_make_pte(pteval_t pte); /* spec/x86_64/mmu.pvspec:271 */
+PVGEN_IMPL pgdval_t xen_pgd_val(pgd_t pgd); /* spec/x86_64/mmu.pvspec:280 */
+PVGEN_IMPL pgd_t xen_make_pgd(pgdval_t pgd); /* spec/x86_64/mmu.pvspec:289 */
+PVGEN_IMPL void native_set_pud(pud_t *pudp, pud_t pudval); /* spec/x86_64/mmu.pvspec:296 */
+PVGEN_IMPL void xen_set_pud(pud_t *pudp, pud_t pudval); /* spec/x86_64/mmu.pvspec:297 */
+PVGEN_IMPL pmdval_t xen_pmd_val(pmd_t pmd); /* spec/x86_64/mmu.pvspec:306 */
+PVGEN_IMPL pmd_t xen_make_pmd(pmdval_t pmd); /* spec/x86_64/mmu.pvspec:315 */
+PVGEN_IMPL pudval_t xen_pud_val(pud_t pud); /* spec/x86_64/mmu.pvspec:324 */
+PVGEN_IMPL pud_t xen_make_pud(pudval_t pud); /* spec/x86_64/mmu.pvspec:333 */
+PVGEN_IMPL void native_set_p4d(p4d_t *p4dp, p4d_t p4dval); /* spec/x86_64/mmu.pvspec:340 */
+PVGEN_IMPL void xen_set_p4d(p4d_t *p4dp, p4d_t p4dval); /* spec/x86_64/mmu.pvspec:341 */
+PVGEN_IMPL p4dval_t xen_p4d_val(p4d_t p4d); /* spec/x86_64/mmu.pvspec:350 */
+PVGEN_IMPL p4d_t xen_make_p4d(p4dval_t p4d); /* spec/x86_64/mmu.pvspec:359 */
+PVGEN_IMPL void native_set_pgd(pgd_t *pgdp, pgd_t pgdval); /* spec/x86_64/mmu.pvspec:367 */
+PVGEN_IMPL void paravirt_enter_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:377 */
+PVGEN_IMPL void xen_leave_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:386 */
+PVGEN_IMPL void paravirt_flush_lazy_mmu(void); /* spec/x86_64/mmu.pvspec:395 */
+PVGEN_IMPL void native_set_fixmap(unsigned int idx, phys_addr_t phys, pgprot_t flags); /* spec/x86_64/mmu.pvspec:403 */
+PVGEN_IMPL void xen_set_fixmap(unsigned int idx, phys_addr_t phys, pgprot_t flags); /* spec/x86_64/mmu.pvspec:404 */
 PVGEN_IMPL void __pv_queued_spin_lock_slowpath(struct qspinlock *lock, u32 val); /* spec/x86_64/lock.pvspec:20 */
 PVGEN_IMPL void native_queued_spin_lock_slowpath(struct qspinlock *lock, u32 val); /* spec/x86_64/lock.pvspec:18 */
-PVGEN_IMPL void __pv_queued_spin_unlock(struct qspinlock *lock); /* spec/x86_64/lock.pvspec:31 */
-PVGEN_IMPL void kvm_wait(u8 *ptr, u8 val); /* spec/x86_64/lock.pvspec:41 */
-PVGEN_IMPL void xen_qlock_wait(u8 *ptr, u8 val); /* spec/x86_64/lock.pvspec:40 */
-PVGEN_IMPL void kvm_kick_cpu(int cpu); /* spec/x86_64/lock.pvspec:50 */
-PVGEN_IMPL void xen_qlock_kick(int cpu); /* spec/x86_64/lock.pvspec:49 */
-PVGEN_IMPL bool __kvm_vcpu_is_preempted(long cpu); /* spec/x86_64/lock.pvspec:62 */
-PVGEN_IMPL bool xen_vcpu_stolen(long cpu); /* spec/x86_64/lock.pvspec:61 */
+PVGEN_IMPL void __pv_queued_spin_unlock(struct qspinlock *lock); /* spec/x86_64/lock.pvspec:32 */
+PVGEN_IMPL void kvm_wait(u8 *ptr, u8 val); /* spec/x86_64/lock.pvspec:42 */
+PVGEN_IMPL void xen_qlock_wait(u8 *ptr, u8 val); /* spec/x86_64/lock.pvspec:41 */
+PVGEN_IMPL void kvm_kick_cpu(int cpu); /* spec/x86_64/lock.pvspec:51 */
+PVGEN_IMPL void xen_qlock_kick(int cpu); /* spec/x86_64/lock.pvspec:50 */
+PVGEN_IMPL bool __kvm_vcpu_is_preempted(long cpu); /* spec/x86_64/lock.pvspec:64 */
+PVGEN_IMPL bool xen_vcpu_stolen(long cpu); /* spec/x86_64/lock.pvspec:63 */
 
 /* A patch site: the indirect call through the op's slot, and its .pvgen.sites record. */
 #define PVGEN_X86_64_SITE                      \
@@ -1005,7 +1005,7 @@ PVGEN_INLINE void pv_io_delay(void)
 #endif
 }
 
-/* cpu.cpuid: spec/x86_64/cpu.pvspec:220 */
+/* cpu.cpuid: spec/x86_64/cpu.pvspec:222 */
 PVGEN_INLINE void pv_cpuid(unsigned int *eax, unsigned int *ebx, unsigned int *ecx, unsigned int *edx)
 {
 #ifdef PVGEN_NATIVE
@@ -1024,7 +1024,7 @@ PVGEN_INLINE void pv_cpuid(unsigned int *eax, unsigned int *ebx, unsigned int *e
 #endif
 }
 
-/* cpu.read_msr: spec/x86_64/cpu.pvspec:228 */
+/* cpu.read_msr: spec/x86_64/cpu.pvspec:230 */
 PVGEN_INLINE u64 pv_read_msr(unsigned int msr)
 {
 #ifdef PVGEN_NATIVE
@@ -1042,7 +1042,7 @@ PVGEN_INLINE u64 pv_read_msr(unsigned int msr)
 #endif
 }
 
-/* cpu.write_msr: spec/x86_64/cpu.pvspec:237 */
+/* cpu.write_msr: spec/x86_64/cpu.pvspec:239 */
 PVGEN_INLINE void pv_write_msr(unsigned int msr, unsigned int low, unsigned int high)
 {
 #ifdef PVGEN_NATIVE
@@ -1060,7 +1060,7 @@ PVGEN_INLINE void pv_write_msr(unsigned int msr, unsigned int low, unsigned int 
 #endif
 }
 
-/* cpu.read_msr_safe: spec/x86_64/cpu.pvspec:245 */
+/* cpu.read_msr_safe: spec/x86_64/cpu.pvspec:247 */
 PVGEN_INLINE u64 pv_read_msr_safe(unsigned int msr, int *err)
 {
 #ifdef PVGEN_NATIVE
@@ -1079,7 +1079,7 @@ PVGEN_INLINE u64 pv_read_msr_safe(unsigned int msr, int *err)
 #endif
 }
 
-/* cpu.write_msr_safe: spec/x86_64/cpu.pvspec:253 */
+/* cpu.write_msr_safe: spec/x86_64/cpu.pvspec:255 */
 PVGEN_INLINE int pv_write_msr_safe(unsigned int msr, unsigned int low, unsigned int high)
 {
 #ifdef PVGEN_NATIVE
@@ -1099,7 +1099,7 @@ PVGEN_INLINE int pv_write_msr_safe(unsigned int msr, unsigned int low, unsigned 
 #endif
 }
 
-/* cpu.read_pmc: spec/x86_64/cpu.pvspec:261 */
+/* cpu.read_pmc: spec/x86_64/cpu.pvspec:263 */
 PVGEN_INLINE u64 pv_read_pmc(int counter)
 {
 #ifdef PVGEN_NATIVE
@@ -1117,7 +1117,7 @@ PVGEN_INLINE u64 pv_read_pmc(int counter)
 #endif
 }
 
-/* cpu.swapgs: spec/x86_64/cpu.pvspec:296 */
+/* cpu.swapgs: spec/x86_64/cpu.pvspec:298 */
 PVGEN_INLINE void pv_swapgs(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1131,7 +1131,7 @@ PVGEN_INLINE void pv_swapgs(void)
 #endif
 }
 
-/* cpu.start_context_switch: spec/x86_64/cpu.pvspec:306 */
+/* cpu.start_context_switch: spec/x86_64/cpu.pvspec:308 */
 PVGEN_INLINE void pv_start_context_switch(struct task_struct *prev)
 {
 #ifdef PVGEN_NATIVE
@@ -1147,7 +1147,7 @@ PVGEN_INLINE void pv_start_context_switch(struct task_struct *prev)
 #endif
 }
 
-/* cpu.end_context_switch: spec/x86_64/cpu.pvspec:315 */
+/* cpu.end_context_switch: spec/x86_64/cpu.pvspec:317 */
 PVGEN_INLINE void pv_end_context_switch(struct task_struct *next)
 {
 #ifdef PVGEN_NATIVE
@@ -1183,7 +1183,7 @@ PVGEN_INLINE unsigned long pv_save_fl(void)
 #endif
 }
 
-/* irq.restore_fl: spec/x86_64/irq.pvspec:26 */
+/* irq.restore_fl: spec/x86_64/irq.pvspec:28 */
 PVGEN_INLINE void pv_restore_fl(unsigned long flags)
 {
 #ifdef PVGEN_NATIVE
@@ -1201,7 +1201,7 @@ PVGEN_INLINE void pv_restore_fl(unsigned long flags)
 #endif
 }
 
-/* irq.irq_disable: spec/x86_64/irq.pvspec:36 */
+/* irq.irq_disable: spec/x86_64/irq.pvspec:40 */
 PVGEN_INLINE void pv_irq_disable(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1215,7 +1215,7 @@ PVGEN_INLINE void pv_irq_disable(void)
 #endif
 }
 
-/* irq.irq_enable: spec/x86_64/irq.pvspec:46 */
+/* irq.irq_enable: spec/x86_64/irq.pvspec:52 */
 PVGEN_INLINE void pv_irq_enable(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1229,7 +1229,7 @@ PVGEN_INLINE void pv_irq_enable(void)
 #endif
 }
 
-/* irq.safe_halt: spec/x86_64/irq.pvspec:56 */
+/* irq.safe_halt: spec/x86_64/irq.pvspec:64 */
 PVGEN_INLINE void pv_safe_halt(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1243,7 +1243,7 @@ PVGEN_INLINE void pv_safe_halt(void)
 #endif
 }
 
-/* irq.halt: spec/x86_64/irq.pvspec:65 */
+/* irq.halt: spec/x86_64/irq.pvspec:73 */
 PVGEN_INLINE void pv_halt(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1277,7 +1277,7 @@ PVGEN_INLINE unsigned long pv_read_cr2(void)
 #endif
 }
 
-/* mmu.write_cr2: spec/x86_64/mmu.pvspec:26 */
+/* mmu.write_cr2: spec/x86_64/mmu.pvspec:27 */
 PVGEN_INLINE void pv_write_cr2(unsigned long cr2)
 {
 #ifdef PVGEN_NATIVE
@@ -1293,7 +1293,7 @@ PVGEN_INLINE void pv_write_cr2(unsigned long cr2)
 #endif
 }
 
-/* mmu.read_cr3: spec/x86_64/mmu.pvspec:35 */
+/* mmu.read_cr3: spec/x86_64/mmu.pvspec:36 */
 PVGEN_INLINE unsigned long pv_read_cr3(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1313,7 +1313,7 @@ PVGEN_INLINE unsigned long pv_read_cr3(void)
 #endif
 }
 
-/* mmu.write_cr3: spec/x86_64/mmu.pvspec:45 */
+/* mmu.write_cr3: spec/x86_64/mmu.pvspec:47 */
 PVGEN_INLINE void pv_write_cr3(unsigned long cr3)
 {
 #ifdef PVGEN_NATIVE
@@ -1331,7 +1331,7 @@ PVGEN_INLINE void pv_write_cr3(unsigned long cr3)
 #endif
 }
 
-/* mmu.activate_mm: spec/x86_64/mmu.pvspec:54 */
+/* mmu.activate_mm: spec/x86_64/mmu.pvspec:58 */
 PVGEN_INLINE void pv_activate_mm(struct mm_struct *prev, struct mm_struct *next)
 {
 #ifdef PVGEN_NATIVE
@@ -1349,7 +1349,7 @@ PVGEN_INLINE void pv_activate_mm(struct mm_struct *prev, struct mm_struct *next)
 #endif
 }
 
-/* mmu.dup_mmap: spec/x86_64/mmu.pvspec:63 */
+/* mmu.dup_mmap: spec/x86_64/mmu.pvspec:67 */
 PVGEN_INLINE void pv_dup_mmap(struct mm_struct *oldmm, struct mm_struct *mm)
 {
 #ifdef PVGEN_NATIVE
@@ -1367,7 +1367,7 @@ PVGEN_INLINE void pv_dup_mmap(struct mm_struct *oldmm, struct mm_struct *mm)
 #endif
 }
 
-/* mmu.exit_mmap: spec/x86_64/mmu.pvspec:71 */
+/* mmu.exit_mmap: spec/x86_64/mmu.pvspec:75 */
 PVGEN_INLINE void pv_exit_mmap(struct mm_struct *mm)
 {
 #ifdef PVGEN_NATIVE
@@ -1383,7 +1383,7 @@ PVGEN_INLINE void pv_exit_mmap(struct mm_struct *mm)
 #endif
 }
 
-/* mmu.flush_tlb_user: spec/x86_64/mmu.pvspec:79 */
+/* mmu.flush_tlb_user: spec/x86_64/mmu.pvspec:83 */
 PVGEN_INLINE void pv_flush_tlb_user(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1397,7 +1397,7 @@ PVGEN_INLINE void pv_flush_tlb_user(void)
 #endif
 }
 
-/* mmu.flush_tlb_kernel: spec/x86_64/mmu.pvspec:88 */
+/* mmu.flush_tlb_kernel: spec/x86_64/mmu.pvspec:92 */
 PVGEN_INLINE void pv_flush_tlb_kernel(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1411,7 +1411,7 @@ PVGEN_INLINE void pv_flush_tlb_kernel(void)
 #endif
 }
 
-/* mmu.flush_tlb_one_user: spec/x86_64/mmu.pvspec:98 */
+/* mmu.flush_tlb_one_user: spec/x86_64/mmu.pvspec:102 */
 PVGEN_INLINE void pv_flush_tlb_one_user(unsigned long addr)
 {
 #ifdef PVGEN_NATIVE
@@ -1429,7 +1429,7 @@ PVGEN_INLINE void pv_flush_tlb_one_user(unsigned long addr)
 #endif
 }
 
-/* mmu.flush_tlb_others: spec/x86_64/mmu.pvspec:109 */
+/* mmu.flush_tlb_others: spec/x86_64/mmu.pvspec:115 */
 PVGEN_INLINE void pv_flush_tlb_others(const struct cpumask *cpus, const struct flush_tlb_info *info)
 {
 #ifdef PVGEN_NATIVE
@@ -1446,7 +1446,7 @@ PVGEN_INLINE void pv_flush_tlb_others(const struct cpumask *cpus, const struct f
 #endif
 }
 
-/* mmu.pgd_alloc: spec/x86_64/mmu.pvspec:118 */
+/* mmu.pgd_alloc: spec/x86_64/mmu.pvspec:124 */
 PVGEN_INLINE int pv_pgd_alloc(struct mm_struct *mm)
 {
 #ifdef PVGEN_NATIVE
@@ -1464,7 +1464,7 @@ PVGEN_INLINE int pv_pgd_alloc(struct mm_struct *mm)
 #endif
 }
 
-/* mmu.pgd_free: spec/x86_64/mmu.pvspec:126 */
+/* mmu.pgd_free: spec/x86_64/mmu.pvspec:132 */
 PVGEN_INLINE void pv_pgd_free(struct mm_struct *mm, pgd_t *pgd)
 {
 #ifdef PVGEN_NATIVE
@@ -1482,7 +1482,7 @@ PVGEN_INLINE void pv_pgd_free(struct mm_struct *mm, pgd_t *pgd)
 #endif
 }
 
-/* mmu.alloc_pte: spec/x86_64/mmu.pvspec:136 */
+/* mmu.alloc_pte: spec/x86_64/mmu.pvspec:142 */
 PVGEN_INLINE void pv_alloc_pte(struct mm_struct *mm, unsigned long pfn)
 {
 #ifdef PVGEN_NATIVE
@@ -1500,7 +1500,7 @@ PVGEN_INLINE void pv_alloc_pte(struct mm_struct *mm, unsigned long pfn)
 #endif
 }
 
-/* mmu.alloc_pmd: spec/x86_64/mmu.pvspec:144 */
+/* mmu.alloc_pmd: spec/x86_64/mmu.pvspec:150 */
 PVGEN_INLINE void pv_alloc_pmd(struct mm_struct *mm, unsigned long pfn)
 {
 #ifdef PVGEN_NATIVE
@@ -1518,7 +1518,7 @@ PVGEN_INLINE void pv_alloc_pmd(struct mm_struct *mm, unsigned long pfn)
 #endif
 }
 
-/* mmu.alloc_pud: spec/x86_64/mmu.pvspec:152 */
+/* mmu.alloc_pud: spec/x86_64/mmu.pvspec:158 */
 PVGEN_INLINE void pv_alloc_pud(struct mm_struct *mm, unsigned long pfn)
 {
 #ifdef PVGEN_NATIVE
@@ -1536,7 +1536,7 @@ PVGEN_INLINE void pv_alloc_pud(struct mm_struct *mm, unsigned long pfn)
 #endif
 }
 
-/* mmu.alloc_p4d: spec/x86_64/mmu.pvspec:161 */
+/* mmu.alloc_p4d: spec/x86_64/mmu.pvspec:167 */
 PVGEN_INLINE void pv_alloc_p4d(struct mm_struct *mm, unsigned long pfn)
 {
 #ifdef PVGEN_NATIVE
@@ -1554,7 +1554,7 @@ PVGEN_INLINE void pv_alloc_p4d(struct mm_struct *mm, unsigned long pfn)
 #endif
 }
 
-/* mmu.release_pte: spec/x86_64/mmu.pvspec:170 */
+/* mmu.release_pte: spec/x86_64/mmu.pvspec:176 */
 PVGEN_INLINE void pv_release_pte(unsigned long pfn)
 {
 #ifdef PVGEN_NATIVE
@@ -1570,7 +1570,7 @@ PVGEN_INLINE void pv_release_pte(unsigned long pfn)
 #endif
 }
 
-/* mmu.release_pmd: spec/x86_64/mmu.pvspec:178 */
+/* mmu.release_pmd: spec/x86_64/mmu.pvspec:184 */
 PVGEN_INLINE void pv_release_pmd(unsigned long pfn)
 {
 #ifdef PVGEN_NATIVE
@@ -1586,7 +1586,7 @@ PVGEN_INLINE void pv_release_pmd(unsigned long pfn)
 #endif
 }
 
-/* mmu.release_pud: spec/x86_64/mmu.pvspec:186 */
+/* mmu.release_pud: spec/x86_64/mmu.pvspec:192 */
 PVGEN_INLINE void pv_release_pud(unsigned long pfn)
 {
 #ifdef PVGEN_NATIVE
@@ -1602,7 +1602,7 @@ PVGEN_INLINE void pv_release_pud(unsigned long pfn)
 #endif
 }
 
-/* mmu.release_p4d: spec/x86_64/mmu.pvspec:194 */
+/* mmu.release_p4d: spec/x86_64/mmu.pvspec:200 */
 PVGEN_INLINE void pv_release_p4d(unsigned long pfn)
 {
 #ifdef PVGEN_NATIVE
@@ -1618,7 +1618,7 @@ PVGEN_INLINE void pv_release_p4d(unsigned long pfn)
 #endif
 }
 
-/* mmu.set_pte: spec/x86_64/mmu.pvspec:203 */
+/* mmu.set_pte: spec/x86_64/mmu.pvspec:209 */
 PVGEN_INLINE void pv_set_pte(pte_t *ptep, pte_t pteval)
 {
 #ifdef PVGEN_NATIVE
@@ -1635,7 +1635,7 @@ PVGEN_INLINE void pv_set_pte(pte_t *ptep, pte_t pteval)
 #endif
 }
 
-/* mmu.set_pte_at: spec/x86_64/mmu.pvspec:211 */
+/* mmu.set_pte_at: spec/x86_64/mmu.pvspec:218 */
 PVGEN_INLINE void pv_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pteval)
 {
 #ifdef PVGEN_NATIVE
@@ -1654,7 +1654,7 @@ PVGEN_INLINE void pv_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t 
 #endif
 }
 
-/* mmu.set_pmd: spec/x86_64/mmu.pvspec:219 */
+/* mmu.set_pmd: spec/x86_64/mmu.pvspec:226 */
 PVGEN_INLINE void pv_set_pmd(pmd_t *pmdp, pmd_t pmdval)
 {
 #ifdef PVGEN_NATIVE
@@ -1671,7 +1671,7 @@ PVGEN_INLINE void pv_set_pmd(pmd_t *pmdp, pmd_t pmdval)
 #endif
 }
 
-/* mmu.ptep_modify_prot_start: spec/x86_64/mmu.pvspec:228 */
+/* mmu.ptep_modify_prot_start: spec/x86_64/mmu.pvspec:235 */
 PVGEN_INLINE pte_t pv_ptep_modify_prot_start(struct mm_struct *mm, unsigned long addr, pte_t *ptep)
 {
 #ifdef PVGEN_NATIVE
@@ -1691,7 +1691,7 @@ PVGEN_INLINE pte_t pv_ptep_modify_prot_start(struct mm_struct *mm, unsigned long
 #endif
 }
 
-/* mmu.ptep_modify_prot_commit: spec/x86_64/mmu.pvspec:236 */
+/* mmu.ptep_modify_prot_commit: spec/x86_64/mmu.pvspec:243 */
 PVGEN_INLINE void pv_ptep_modify_prot_commit(struct mm_struct *mm, unsigned long addr, pte_t *ptep, pte_t pte)
 {
 #ifdef PVGEN_NATIVE
@@ -1710,7 +1710,7 @@ PVGEN_INLINE void pv_ptep_modify_prot_commit(struct mm_struct *mm, unsigned long
 #endif
 }
 
-/* mmu.pte_val: spec/x86_64/mmu.pvspec:246 */
+/* mmu.pte_val: spec/x86_64/mmu.pvspec:253 */
 PVGEN_INLINE pteval_t pv_pte_val(pte_t pte)
 {
 #ifdef PVGEN_NATIVE
@@ -1728,7 +1728,7 @@ PVGEN_INLINE pteval_t pv_pte_val(pte_t pte)
 #endif
 }
 
-/* mmu.make_pte: spec/x86_64/mmu.pvspec:256 */
+/* mmu.make_pte: spec/x86_64/mmu.pvspec:265 */
 PVGEN_INLINE pte_t pv_make_pte(pteval_t pte)
 {
 #ifdef PVGEN_NATIVE
@@ -1746,7 +1746,7 @@ PVGEN_INLINE pte_t pv_make_pte(pteval_t pte)
 #endif
 }
 
-/* mmu.pgd_val: spec/x86_64/mmu.pvspec:265 */
+/* mmu.pgd_val: spec/x86_64/mmu.pvspec:276 */
 PVGEN_INLINE pgdval_t pv_pgd_val(pgd_t pgd)
 {
 #ifdef PVGEN_NATIVE
@@ -1764,7 +1764,7 @@ PVGEN_INLINE pgdval_t pv_pgd_val(pgd_t pgd)
 #endif
 }
 
-/* mmu.make_pgd: spec/x86_64/mmu.pvspec:274 */
+/* mmu.make_pgd: spec/x86_64/mmu.pvspec:285 */
 PVGEN_INLINE pgd_t pv_make_pgd(pgdval_t pgd)
 {
 #ifdef PVGEN_NATIVE
@@ -1782,7 +1782,7 @@ PVGEN_INLINE pgd_t pv_make_pgd(pgdval_t pgd)
 #endif
 }
 
-/* mmu.set_pud: spec/x86_64/mmu.pvspec:283 */
+/* mmu.set_pud: spec/x86_64/mmu.pvspec:294 */
 PVGEN_INLINE void pv_set_pud(pud_t *pudp, pud_t pudval)
 {
 #ifdef PVGEN_NATIVE
@@ -1799,7 +1799,7 @@ PVGEN_INLINE void pv_set_pud(pud_t *pudp, pud_t pudval)
 #endif
 }
 
-/* mmu.pmd_val: spec/x86_64/mmu.pvspec:291 */
+/* mmu.pmd_val: spec/x86_64/mmu.pvspec:302 */
 PVGEN_INLINE pmdval_t pv_pmd_val(pmd_t pmd)
 {
 #ifdef PVGEN_NATIVE
@@ -1817,7 +1817,7 @@ PVGEN_INLINE pmdval_t pv_pmd_val(pmd_t pmd)
 #endif
 }
 
-/* mmu.make_pmd: spec/x86_64/mmu.pvspec:300 */
+/* mmu.make_pmd: spec/x86_64/mmu.pvspec:311 */
 PVGEN_INLINE pmd_t pv_make_pmd(pmdval_t pmd)
 {
 #ifdef PVGEN_NATIVE
@@ -1835,7 +1835,7 @@ PVGEN_INLINE pmd_t pv_make_pmd(pmdval_t pmd)
 #endif
 }
 
-/* mmu.pud_val: spec/x86_64/mmu.pvspec:309 */
+/* mmu.pud_val: spec/x86_64/mmu.pvspec:320 */
 PVGEN_INLINE pudval_t pv_pud_val(pud_t pud)
 {
 #ifdef PVGEN_NATIVE
@@ -1853,7 +1853,7 @@ PVGEN_INLINE pudval_t pv_pud_val(pud_t pud)
 #endif
 }
 
-/* mmu.make_pud: spec/x86_64/mmu.pvspec:318 */
+/* mmu.make_pud: spec/x86_64/mmu.pvspec:329 */
 PVGEN_INLINE pud_t pv_make_pud(pudval_t pud)
 {
 #ifdef PVGEN_NATIVE
@@ -1871,7 +1871,7 @@ PVGEN_INLINE pud_t pv_make_pud(pudval_t pud)
 #endif
 }
 
-/* mmu.set_p4d: spec/x86_64/mmu.pvspec:327 */
+/* mmu.set_p4d: spec/x86_64/mmu.pvspec:338 */
 PVGEN_INLINE void pv_set_p4d(p4d_t *p4dp, p4d_t p4dval)
 {
 #ifdef PVGEN_NATIVE
@@ -1888,7 +1888,7 @@ PVGEN_INLINE void pv_set_p4d(p4d_t *p4dp, p4d_t p4dval)
 #endif
 }
 
-/* mmu.p4d_val: spec/x86_64/mmu.pvspec:335 */
+/* mmu.p4d_val: spec/x86_64/mmu.pvspec:346 */
 PVGEN_INLINE p4dval_t pv_p4d_val(p4d_t p4d)
 {
 #ifdef PVGEN_NATIVE
@@ -1906,7 +1906,7 @@ PVGEN_INLINE p4dval_t pv_p4d_val(p4d_t p4d)
 #endif
 }
 
-/* mmu.make_p4d: spec/x86_64/mmu.pvspec:344 */
+/* mmu.make_p4d: spec/x86_64/mmu.pvspec:355 */
 PVGEN_INLINE p4d_t pv_make_p4d(p4dval_t p4d)
 {
 #ifdef PVGEN_NATIVE
@@ -1924,7 +1924,7 @@ PVGEN_INLINE p4d_t pv_make_p4d(p4dval_t p4d)
 #endif
 }
 
-/* mmu.set_pgd: spec/x86_64/mmu.pvspec:354 */
+/* mmu.set_pgd: spec/x86_64/mmu.pvspec:365 */
 PVGEN_INLINE void pv_set_pgd(pgd_t *pgdp, pgd_t pgdval)
 {
 #ifdef PVGEN_NATIVE
@@ -1941,7 +1941,7 @@ PVGEN_INLINE void pv_set_pgd(pgd_t *pgdp, pgd_t pgdval)
 #endif
 }
 
-/* mmu.lazy_mode_enter: spec/x86_64/mmu.pvspec:363 */
+/* mmu.lazy_mode_enter: spec/x86_64/mmu.pvspec:374 */
 PVGEN_INLINE void pv_lazy_mode_enter(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1955,7 +1955,7 @@ PVGEN_INLINE void pv_lazy_mode_enter(void)
 #endif
 }
 
-/* mmu.lazy_mode_leave: spec/x86_64/mmu.pvspec:372 */
+/* mmu.lazy_mode_leave: spec/x86_64/mmu.pvspec:383 */
 PVGEN_INLINE void pv_lazy_mode_leave(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1969,7 +1969,7 @@ PVGEN_INLINE void pv_lazy_mode_leave(void)
 #endif
 }
 
-/* mmu.lazy_mode_flush: spec/x86_64/mmu.pvspec:381 */
+/* mmu.lazy_mode_flush: spec/x86_64/mmu.pvspec:392 */
 PVGEN_INLINE void pv_lazy_mode_flush(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1983,7 +1983,7 @@ PVGEN_INLINE void pv_lazy_mode_flush(void)
 #endif
 }
 
-/* mmu.set_fixmap: spec/x86_64/mmu.pvspec:390 */
+/* mmu.set_fixmap: spec/x86_64/mmu.pvspec:401 */
 PVGEN_INLINE void pv_set_fixmap(unsigned int idx, phys_addr_t phys, pgprot_t flags)
 {
 #ifdef PVGEN_NATIVE
@@ -2037,7 +2037,7 @@ PVGEN_INLINE void pv_queued_spin_unlock(struct qspinlock *lock)
 #endif
 }
 
-/* lock.wait: spec/x86_64/lock.pvspec:37 */
+/* lock.wait: spec/x86_64/lock.pvspec:38 */
 PVGEN_INLINE void pv_wait(u8 *ptr, u8 val)
 {
 #ifdef PVGEN_NATIVE
@@ -2055,7 +2055,7 @@ PVGEN_INLINE void pv_wait(u8 *ptr, u8 val)
 #endif
 }
 
-/* lock.kick: spec/x86_64/lock.pvspec:46 */
+/* lock.kick: spec/x86_64/lock.pvspec:47 */
 PVGEN_INLINE void pv_kick(int cpu)
 {
 #ifdef PVGEN_NATIVE
@@ -2071,7 +2071,7 @@ PVGEN_INLINE void pv_kick(int cpu)
 #endif
 }
 
-/* lock.vcpu_is_preempted: spec/x86_64/lock.pvspec:57 */
+/* lock.vcpu_is_preempted: spec/x86_64/lock.pvspec:58 */
 PVGEN_INLINE bool pv_vcpu_is_preempted(long cpu)
 {
 #ifdef PVGEN_NATIVE

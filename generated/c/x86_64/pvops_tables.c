@@ -68,7 +68,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_cpu_wbinvd, . - pvgen_native_cpu_wbinvd\n"
     ".popsection\n");
 
-/* cpu.io_delay under native: spec/x86_64/cpu.pvspec:212 */
+/* cpu.io_delay under native: spec/x86_64/cpu.pvspec:214 */
 void pvgen_native_cpu_io_delay(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_cpu_io_delay\n"
@@ -79,7 +79,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_cpu_io_delay, . - pvgen_native_cpu_io_delay\n"
     ".popsection\n");
 
-/* cpu.usergs_sysret64 under native: spec/x86_64/cpu.pvspec:276 */
+/* cpu.usergs_sysret64 under native: spec/x86_64/cpu.pvspec:278 */
 void pvgen_native_cpu_usergs_sysret64(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_cpu_usergs_sysret64\n"
@@ -89,7 +89,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_cpu_usergs_sysret64, . - pvgen_native_cpu_usergs_sysret64\n"
     ".popsection\n");
 
-/* cpu.iret under native: spec/x86_64/cpu.pvspec:289 */
+/* cpu.iret under native: spec/x86_64/cpu.pvspec:291 */
 void pvgen_native_cpu_iret(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_cpu_iret\n"
@@ -99,7 +99,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_cpu_iret, . - pvgen_native_cpu_iret\n"
     ".popsection\n");
 
-/* cpu.swapgs under native: spec/x86_64/cpu.pvspec:298 */
+/* cpu.swapgs under native: spec/x86_64/cpu.pvspec:300 */
 void pvgen_native_cpu_swapgs(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_cpu_swapgs\n"
@@ -110,7 +110,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_cpu_swapgs, . - pvgen_native_cpu_swapgs\n"
     ".popsection\n");
 
-/* irq.save_fl under native: spec/x86_64/irq.pvspec:18 */
+/* irq.save_fl under native: spec/x86_64/irq.pvspec:20 */
 unsigned long pvgen_native_irq_save_fl(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_irq_save_fl\n"
@@ -121,7 +121,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_irq_save_fl, . - pvgen_native_irq_save_fl\n"
     ".popsection\n");
 
-/* irq.restore_fl under native: spec/x86_64/irq.pvspec:29 */
+/* irq.restore_fl under native: spec/x86_64/irq.pvspec:33 */
 void pvgen_native_irq_restore_fl(unsigned long flags);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_irq_restore_fl\n"
@@ -132,7 +132,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_irq_restore_fl, . - pvgen_native_irq_restore_fl\n"
     ".popsection\n");
 
-/* irq.irq_disable under native: spec/x86_64/irq.pvspec:39 */
+/* irq.irq_disable under native: spec/x86_64/irq.pvspec:45 */
 void pvgen_native_irq_irq_disable(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_irq_irq_disable\n"
@@ -143,7 +143,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_irq_irq_disable, . - pvgen_native_irq_irq_disable\n"
     ".popsection\n");
 
-/* irq.irq_enable under native: spec/x86_64/irq.pvspec:49 */
+/* irq.irq_enable under native: spec/x86_64/irq.pvspec:57 */
 void pvgen_native_irq_irq_enable(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_irq_irq_enable\n"
@@ -154,7 +154,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_irq_irq_enable, . - pvgen_native_irq_irq_enable\n"
     ".popsection\n");
 
-/* irq.safe_halt under native: spec/x86_64/irq.pvspec:58 */
+/* irq.safe_halt under native: spec/x86_64/irq.pvspec:66 */
 void pvgen_native_irq_safe_halt(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_irq_safe_halt\n"
@@ -165,7 +165,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_irq_safe_halt, . - pvgen_native_irq_safe_halt\n"
     ".popsection\n");
 
-/* irq.halt under native: spec/x86_64/irq.pvspec:67 */
+/* irq.halt under native: spec/x86_64/irq.pvspec:75 */
 void pvgen_native_irq_halt(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_irq_halt\n"
@@ -176,7 +176,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_irq_halt, . - pvgen_native_irq_halt\n"
     ".popsection\n");
 
-/* mmu.read_cr2 under native: spec/x86_64/mmu.pvspec:20 */
+/* mmu.read_cr2 under native: spec/x86_64/mmu.pvspec:21 */
 unsigned long pvgen_native_mmu_read_cr2(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_mmu_read_cr2\n"
@@ -187,7 +187,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_mmu_read_cr2, . - pvgen_native_mmu_read_cr2\n"
     ".popsection\n");
 
-/* mmu.read_cr3 under native: spec/x86_64/mmu.pvspec:37 */
+/* mmu.read_cr3 under native: spec/x86_64/mmu.pvspec:39 */
 unsigned long pvgen_native_mmu_read_cr3(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_mmu_read_cr3\n"
@@ -198,7 +198,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_mmu_read_cr3, . - pvgen_native_mmu_read_cr3\n"
     ".popsection\n");
 
-/* mmu.write_cr3 under native: spec/x86_64/mmu.pvspec:47 */
+/* mmu.write_cr3 under native: spec/x86_64/mmu.pvspec:51 */
 void pvgen_native_mmu_write_cr3(unsigned long cr3);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_mmu_write_cr3\n"
@@ -209,7 +209,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_mmu_write_cr3, . - pvgen_native_mmu_write_cr3\n"
     ".popsection\n");
 
-/* mmu.flush_tlb_one_user under native: spec/x86_64/mmu.pvspec:100 */
+/* mmu.flush_tlb_one_user under native: spec/x86_64/mmu.pvspec:106 */
 void pvgen_native_mmu_flush_tlb_one_user(unsigned long addr);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_mmu_flush_tlb_one_user\n"
@@ -220,7 +220,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_mmu_flush_tlb_one_user, . - pvgen_native_mmu_flush_tlb_one_user\n"
     ".popsection\n");
 
-/* lock.queued_spin_unlock under native: spec/x86_64/lock.pvspec:29 */
+/* lock.queued_spin_unlock under native: spec/x86_64/lock.pvspec:30 */
 void pvgen_native_lock_queued_spin_unlock(struct qspinlock *lock);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_lock_queued_spin_unlock\n"
@@ -231,7 +231,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_lock_queued_spin_unlock, . - pvgen_native_lock_queued_spin_unlock\n"
     ".popsection\n");
 
-/* lock.vcpu_is_preempted under native: spec/x86_64/lock.pvspec:60 */
+/* lock.vcpu_is_preempted under native: spec/x86_64/lock.pvspec:62 */
 bool pvgen_native_lock_vcpu_is_preempted(long cpu);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_lock_vcpu_is_preempted\n"
@@ -244,7 +244,7 @@ asm(".pushsection .text, \"ax\"\n"
 
 /* Callee-save thunks: the call target may clobber more than the result register. */
 
-/* callee-save thunk of __pv_queued_spin_unlock (lock.queued_spin_unlock): spec/x86_64/lock.pvspec:31 */
+/* callee-save thunk of __pv_queued_spin_unlock (lock.queued_spin_unlock): spec/x86_64/lock.pvspec:32 */
 void __raw_callee_save___pv_queued_spin_unlock(struct qspinlock *lock);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save___pv_queued_spin_unlock\n"
@@ -274,7 +274,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size __raw_callee_save___pv_queued_spin_unlock, . - __raw_callee_save___pv_queued_spin_unlock\n"
     ".popsection\n");
 
-/* callee-save thunk of xen_pte_val (mmu.pte_val): spec/x86_64/mmu.pvspec:250 */
+/* callee-save thunk of xen_pte_val (mmu.pte_val): spec/x86_64/mmu.pvspec:259 */
 pteval_t __raw_callee_save_xen_pte_val(pte_t pte);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save_xen_pte_val\n"
@@ -304,7 +304,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size __raw_callee_save_xen_pte_val, . - __raw_callee_save_xen_pte_val\n"
     ".popsection\n");
 
-/* callee-save thunk of xen_make_pte (mmu.make_pte): spec/x86_64/mmu.pvspec:260 */
+/* callee-save thunk of xen_make_pte (mmu.make_pte): spec/x86_64/mmu.pvspec:271 */
 pte_t __raw_callee_save_xen_make_pte(pteval_t pte);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save_xen_make_pte\n"
@@ -334,7 +334,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size __raw_callee_save_xen_make_pte, . - __raw_callee_save_xen_make_pte\n"
     ".popsection\n");
 
-/* callee-save thunk of xen_pgd_val (mmu.pgd_val): spec/x86_64/mmu.pvspec:269 */
+/* callee-save thunk of xen_pgd_val (mmu.pgd_val): spec/x86_64/mmu.pvspec:280 */
 pgdval_t __raw_callee_save_xen_pgd_val(pgd_t pgd);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save_xen_pgd_val\n"
@@ -364,7 +364,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size __raw_callee_save_xen_pgd_val, . - __raw_callee_save_xen_pgd_val\n"
     ".popsection\n");
 
-/* callee-save thunk of xen_make_pgd (mmu.make_pgd): spec/x86_64/mmu.pvspec:278 */
+/* callee-save thunk of xen_make_pgd (mmu.make_pgd): spec/x86_64/mmu.pvspec:289 */
 pgd_t __raw_callee_save_xen_make_pgd(pgdval_t pgd);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save_xen_make_pgd\n"
@@ -394,7 +394,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size __raw_callee_save_xen_make_pgd, . - __raw_callee_save_xen_make_pgd\n"
     ".popsection\n");
 
-/* callee-save thunk of xen_pmd_val (mmu.pmd_val): spec/x86_64/mmu.pvspec:295 */
+/* callee-save thunk of xen_pmd_val (mmu.pmd_val): spec/x86_64/mmu.pvspec:306 */
 pmdval_t __raw_callee_save_xen_pmd_val(pmd_t pmd);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save_xen_pmd_val\n"
@@ -424,7 +424,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size __raw_callee_save_xen_pmd_val, . - __raw_callee_save_xen_pmd_val\n"
     ".popsection\n");
 
-/* callee-save thunk of xen_make_pmd (mmu.make_pmd): spec/x86_64/mmu.pvspec:304 */
+/* callee-save thunk of xen_make_pmd (mmu.make_pmd): spec/x86_64/mmu.pvspec:315 */
 pmd_t __raw_callee_save_xen_make_pmd(pmdval_t pmd);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save_xen_make_pmd\n"
@@ -454,7 +454,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size __raw_callee_save_xen_make_pmd, . - __raw_callee_save_xen_make_pmd\n"
     ".popsection\n");
 
-/* callee-save thunk of xen_pud_val (mmu.pud_val): spec/x86_64/mmu.pvspec:313 */
+/* callee-save thunk of xen_pud_val (mmu.pud_val): spec/x86_64/mmu.pvspec:324 */
 pudval_t __raw_callee_save_xen_pud_val(pud_t pud);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save_xen_pud_val\n"
@@ -484,7 +484,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size __raw_callee_save_xen_pud_val, . - __raw_callee_save_xen_pud_val\n"
     ".popsection\n");
 
-/* callee-save thunk of xen_make_pud (mmu.make_pud): spec/x86_64/mmu.pvspec:322 */
+/* callee-save thunk of xen_make_pud (mmu.make_pud): spec/x86_64/mmu.pvspec:333 */
 pud_t __raw_callee_save_xen_make_pud(pudval_t pud);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save_xen_make_pud\n"
@@ -514,7 +514,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size __raw_callee_save_xen_make_pud, . - __raw_callee_save_xen_make_pud\n"
     ".popsection\n");
 
-/* callee-save thunk of xen_p4d_val (mmu.p4d_val): spec/x86_64/mmu.pvspec:339 */
+/* callee-save thunk of xen_p4d_val (mmu.p4d_val): spec/x86_64/mmu.pvspec:350 */
 p4dval_t __raw_callee_save_xen_p4d_val(p4d_t p4d);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save_xen_p4d_val\n"
@@ -544,7 +544,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size __raw_callee_save_xen_p4d_val, . - __raw_callee_save_xen_p4d_val\n"
     ".popsection\n");
 
-/* callee-save thunk of xen_make_p4d (mmu.make_p4d): spec/x86_64/mmu.pvspec:348 */
+/* callee-save thunk of xen_make_p4d (mmu.make_p4d): spec/x86_64/mmu.pvspec:359 */
 p4d_t __raw_callee_save_xen_make_p4d(p4dval_t p4d);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save_xen_make_p4d\n"
@@ -574,7 +574,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size __raw_callee_save_xen_make_p4d, . - __raw_callee_save_xen_make_p4d\n"
     ".popsection\n");
 
-/* callee-save thunk of xen_vcpu_stolen (lock.vcpu_is_preempted): spec/x86_64/lock.pvspec:61 */
+/* callee-save thunk of xen_vcpu_stolen (lock.vcpu_is_preempted): spec/x86_64/lock.pvspec:63 */
 bool __raw_callee_save_xen_vcpu_stolen(long cpu);
 asm(".pushsection .text, \"ax\"\n"
     ".globl __raw_callee_save_xen_vcpu_stolen\n"
@@ -636,79 +636,79 @@ struct pv_ops_template pv_ops = {
 		.load_sp0 = native_load_sp0, /* spec/x86_64/cpu.pvspec:184 */
 		.set_iopl_mask = native_set_iopl_mask, /* spec/x86_64/cpu.pvspec:193 */
 		.wbinvd = pvgen_native_cpu_wbinvd, /* spec/x86_64/cpu.pvspec:202 */
-		.io_delay = pvgen_native_cpu_io_delay, /* spec/x86_64/cpu.pvspec:212 */
-		.cpuid = native_cpuid, /* spec/x86_64/cpu.pvspec:222 */
-		.read_msr = native_read_msr, /* spec/x86_64/cpu.pvspec:230 */
-		.write_msr = native_write_msr, /* spec/x86_64/cpu.pvspec:239 */
-		.read_msr_safe = native_read_msr_safe, /* spec/x86_64/cpu.pvspec:247 */
-		.write_msr_safe = native_write_msr_safe, /* spec/x86_64/cpu.pvspec:255 */
-		.read_pmc = native_read_pmc, /* spec/x86_64/cpu.pvspec:263 */
-		.usergs_sysret64 = pvgen_native_cpu_usergs_sysret64, /* spec/x86_64/cpu.pvspec:276 */
-		.iret = pvgen_native_cpu_iret, /* spec/x86_64/cpu.pvspec:289 */
-		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:298 */
-		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:308 */
-		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:317 */
+		.io_delay = pvgen_native_cpu_io_delay, /* spec/x86_64/cpu.pvspec:214 */
+		.cpuid = native_cpuid, /* spec/x86_64/cpu.pvspec:224 */
+		.read_msr = native_read_msr, /* spec/x86_64/cpu.pvspec:232 */
+		.write_msr = native_write_msr, /* spec/x86_64/cpu.pvspec:241 */
+		.read_msr_safe = native_read_msr_safe, /* spec/x86_64/cpu.pvspec:249 */
+		.write_msr_safe = native_write_msr_safe, /* spec/x86_64/cpu.pvspec:257 */
+		.read_pmc = native_read_pmc, /* spec/x86_64/cpu.pvspec:265 */
+		.usergs_sysret64 = pvgen_native_cpu_usergs_sysret64, /* spec/x86_64/cpu.pvspec:278 */
+		.iret = pvgen_native_cpu_iret, /* spec/x86_64/cpu.pvspec:291 */
+		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:300 */
+		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:310 */
+		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:319 */
 	},
 	.irq = {
-		.save_fl = pvgen_native_irq_save_fl, /* spec/x86_64/irq.pvspec:18 */
-		.restore_fl = pvgen_native_irq_restore_fl, /* spec/x86_64/irq.pvspec:29 */
-		.irq_disable = pvgen_native_irq_irq_disable, /* spec/x86_64/irq.pvspec:39 */
-		.irq_enable = pvgen_native_irq_irq_enable, /* spec/x86_64/irq.pvspec:49 */
-		.safe_halt = pvgen_native_irq_safe_halt, /* spec/x86_64/irq.pvspec:58 */
-		.halt = pvgen_native_irq_halt, /* spec/x86_64/irq.pvspec:67 */
-		.adjust_exception_frame = pvgen_nop, /* spec/x86_64/irq.pvspec:78 */
+		.save_fl = pvgen_native_irq_save_fl, /* spec/x86_64/irq.pvspec:20 */
+		.restore_fl = pvgen_native_irq_restore_fl, /* spec/x86_64/irq.pvspec:33 */
+		.irq_disable = pvgen_native_irq_irq_disable, /* spec/x86_64/irq.pvspec:45 */
+		.irq_enable = pvgen_native_irq_irq_enable, /* spec/x86_64/irq.pvspec:57 */
+		.safe_halt = pvgen_native_irq_safe_halt, /* spec/x86_64/irq.pvspec:66 */
+		.halt = pvgen_native_irq_halt, /* spec/x86_64/irq.pvspec:75 */
+		.adjust_exception_frame = pvgen_nop, /* spec/x86_64/irq.pvspec:86 */
 	},
 	.mmu = {
-		.read_cr2 = pvgen_native_mmu_read_cr2, /* spec/x86_64/mmu.pvspec:20 */
-		.write_cr2 = native_write_cr2, /* spec/x86_64/mmu.pvspec:28 */
-		.read_cr3 = pvgen_native_mmu_read_cr3, /* spec/x86_64/mmu.pvspec:37 */
-		.write_cr3 = pvgen_native_mmu_write_cr3, /* spec/x86_64/mmu.pvspec:47 */
-		.activate_mm = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:56 */
-		.dup_mmap = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:65 */
-		.exit_mmap = (void (*)(struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:73 */
-		.flush_tlb_user = native_flush_tlb, /* spec/x86_64/mmu.pvspec:81 */
-		.flush_tlb_kernel = native_flush_tlb_global, /* spec/x86_64/mmu.pvspec:90 */
-		.flush_tlb_one_user = pvgen_native_mmu_flush_tlb_one_user, /* spec/x86_64/mmu.pvspec:100 */
-		.flush_tlb_others = native_flush_tlb_others, /* spec/x86_64/mmu.pvspec:111 */
-		.pgd_alloc = __paravirt_pgd_alloc, /* spec/x86_64/mmu.pvspec:120 */
-		.pgd_free = (void (*)(struct mm_struct *, pgd_t *))pvgen_nop, /* spec/x86_64/mmu.pvspec:128 */
-		.alloc_pte = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:138 */
-		.alloc_pmd = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:146 */
-		.alloc_pud = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:154 */
-		.alloc_p4d = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:163 */
-		.release_pte = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:172 */
-		.release_pmd = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:180 */
-		.release_pud = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:188 */
-		.release_p4d = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:196 */
-		.set_pte = native_set_pte, /* spec/x86_64/mmu.pvspec:205 */
-		.set_pte_at = native_set_pte_at, /* spec/x86_64/mmu.pvspec:213 */
-		.set_pmd = native_set_pmd, /* spec/x86_64/mmu.pvspec:221 */
-		.ptep_modify_prot_start = __ptep_modify_prot_start, /* spec/x86_64/mmu.pvspec:230 */
-		.ptep_modify_prot_commit = __ptep_modify_prot_commit, /* spec/x86_64/mmu.pvspec:239 */
-		.pte_val = (pteval_t (*)(pte_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:249 */
-		.make_pte = (pte_t (*)(pteval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:259 */
-		.pgd_val = (pgdval_t (*)(pgd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:268 */
-		.make_pgd = (pgd_t (*)(pgdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:277 */
-		.set_pud = native_set_pud, /* spec/x86_64/mmu.pvspec:285 */
-		.pmd_val = (pmdval_t (*)(pmd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:294 */
-		.make_pmd = (pmd_t (*)(pmdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:303 */
-		.pud_val = (pudval_t (*)(pud_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:312 */
-		.make_pud = (pud_t (*)(pudval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:321 */
-		.set_p4d = native_set_p4d, /* spec/x86_64/mmu.pvspec:329 */
-		.p4d_val = (p4dval_t (*)(p4d_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:338 */
-		.make_p4d = (p4d_t (*)(p4dval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:347 */
-		.set_pgd = native_set_pgd, /* spec/x86_64/mmu.pvspec:356 */
-		.lazy_mode_enter = pvgen_nop, /* spec/x86_64/mmu.pvspec:365 */
-		.lazy_mode_leave = pvgen_nop, /* spec/x86_64/mmu.pvspec:374 */
-		.lazy_mode_flush = pvgen_nop, /* spec/x86_64/mmu.pvspec:383 */
-		.set_fixmap = native_set_fixmap, /* spec/x86_64/mmu.pvspec:392 */
+		.read_cr2 = pvgen_native_mmu_read_cr2, /* spec/x86_64/mmu.pvspec:21 */
+		.write_cr2 = native_write_cr2, /* spec/x86_64/mmu.pvspec:29 */
+		.read_cr3 = pvgen_native_mmu_read_cr3, /* spec/x86_64/mmu.pvspec:39 */
+		.write_cr3 = pvgen_native_mmu_write_cr3, /* spec/x86_64/mmu.pvspec:51 */
+		.activate_mm = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:60 */
+		.dup_mmap = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:69 */
+		.exit_mmap = (void (*)(struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:77 */
+		.flush_tlb_user = native_flush_tlb, /* spec/x86_64/mmu.pvspec:85 */
+		.flush_tlb_kernel = native_flush_tlb_global, /* spec/x86_64/mmu.pvspec:94 */
+		.flush_tlb_one_user = pvgen_native_mmu_flush_tlb_one_user, /* spec/x86_64/mmu.pvspec:106 */
+		.flush_tlb_others = native_flush_tlb_others, /* spec/x86_64/mmu.pvspec:117 */
+		.pgd_alloc = __paravirt_pgd_alloc, /* spec/x86_64/mmu.pvspec:126 */
+		.pgd_free = (void (*)(struct mm_struct *, pgd_t *))pvgen_nop, /* spec/x86_64/mmu.pvspec:134 */
+		.alloc_pte = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:144 */
+		.alloc_pmd = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:152 */
+		.alloc_pud = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:160 */
+		.alloc_p4d = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:169 */
+		.release_pte = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:178 */
+		.release_pmd = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:186 */
+		.release_pud = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:194 */
+		.release_p4d = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:202 */
+		.set_pte = native_set_pte, /* spec/x86_64/mmu.pvspec:212 */
+		.set_pte_at = native_set_pte_at, /* spec/x86_64/mmu.pvspec:220 */
+		.set_pmd = native_set_pmd, /* spec/x86_64/mmu.pvspec:228 */
+		.ptep_modify_prot_start = __ptep_modify_prot_start, /* spec/x86_64/mmu.pvspec:237 */
+		.ptep_modify_prot_commit = __ptep_modify_prot_commit, /* spec/x86_64/mmu.pvspec:246 */
+		.pte_val = (pteval_t (*)(pte_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:258 */
+		.make_pte = (pte_t (*)(pteval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:270 */
+		.pgd_val = (pgdval_t (*)(pgd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:279 */
+		.make_pgd = (pgd_t (*)(pgdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:288 */
+		.set_pud = native_set_pud, /* spec/x86_64/mmu.pvspec:296 */
+		.pmd_val = (pmdval_t (*)(pmd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:305 */
+		.make_pmd = (pmd_t (*)(pmdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:314 */
+		.pud_val = (pudval_t (*)(pud_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:323 */
+		.make_pud = (pud_t (*)(pudval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:332 */
+		.set_p4d = native_set_p4d, /* spec/x86_64/mmu.pvspec:340 */
+		.p4d_val = (p4dval_t (*)(p4d_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:349 */
+		.make_p4d = (p4d_t (*)(p4dval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:358 */
+		.set_pgd = native_set_pgd, /* spec/x86_64/mmu.pvspec:367 */
+		.lazy_mode_enter = pvgen_nop, /* spec/x86_64/mmu.pvspec:376 */
+		.lazy_mode_leave = pvgen_nop, /* spec/x86_64/mmu.pvspec:385 */
+		.lazy_mode_flush = pvgen_nop, /* spec/x86_64/mmu.pvspec:394 */
+		.set_fixmap = native_set_fixmap, /* spec/x86_64/mmu.pvspec:403 */
 	},
 	.lock = {
 		.queued_spin_lock_slowpath = native_queued_spin_lock_slowpath, /* spec/x86_64/lock.pvspec:18 */
-		.queued_spin_unlock = pvgen_native_lock_queued_spin_unlock, /* spec/x86_64/lock.pvspec:29 */
-		.wait = (void (*)(u8 *, u8))pvgen_nop, /* spec/x86_64/lock.pvspec:39 */
-		.kick = (void (*)(int))pvgen_nop, /* spec/x86_64/lock.pvspec:48 */
-		.vcpu_is_preempted = pvgen_native_lock_vcpu_is_preempted, /* spec/x86_64/lock.pvspec:60 */
+		.queued_spin_unlock = pvgen_native_lock_queued_spin_unlock, /* spec/x86_64/lock.pvspec:30 */
+		.wait = (void (*)(u8 *, u8))pvgen_nop, /* spec/x86_64/lock.pvspec:40 */
+		.kick = (void (*)(int))pvgen_nop, /* spec/x86_64/lock.pvspec:49 */
+		.vcpu_is_preempted = pvgen_native_lock_vcpu_is_preempted, /* spec/x86_64/lock.pvspec:62 */
 	},
 };
 
@@ -744,79 +744,79 @@ const struct pv_ops_template pv_ops_native = {
 		.load_sp0 = native_load_sp0, /* spec/x86_64/cpu.pvspec:184 */
 		.set_iopl_mask = native_set_iopl_mask, /* spec/x86_64/cpu.pvspec:193 */
 		.wbinvd = pvgen_native_cpu_wbinvd, /* spec/x86_64/cpu.pvspec:202 */
-		.io_delay = pvgen_native_cpu_io_delay, /* spec/x86_64/cpu.pvspec:212 */
-		.cpuid = native_cpuid, /* spec/x86_64/cpu.pvspec:222 */
-		.read_msr = native_read_msr, /* spec/x86_64/cpu.pvspec:230 */
-		.write_msr = native_write_msr, /* spec/x86_64/cpu.pvspec:239 */
-		.read_msr_safe = native_read_msr_safe, /* spec/x86_64/cpu.pvspec:247 */
-		.write_msr_safe = native_write_msr_safe, /* spec/x86_64/cpu.pvspec:255 */
-		.read_pmc = native_read_pmc, /* spec/x86_64/cpu.pvspec:263 */
-		.usergs_sysret64 = pvgen_native_cpu_usergs_sysret64, /* spec/x86_64/cpu.pvspec:276 */
-		.iret = pvgen_native_cpu_iret, /* spec/x86_64/cpu.pvspec:289 */
-		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:298 */
-		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:308 */
-		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:317 */
+		.io_delay = pvgen_native_cpu_io_delay, /* spec/x86_64/cpu.pvspec:214 */
+		.cpuid = native_cpuid, /* spec/x86_64/cpu.pvspec:224 */
+		.read_msr = native_read_msr, /* spec/x86_64/cpu.pvspec:232 */
+		.write_msr = native_write_msr, /* spec/x86_64/cpu.pvspec:241 */
+		.read_msr_safe = native_read_msr_safe, /* spec/x86_64/cpu.pvspec:249 */
+		.write_msr_safe = native_write_msr_safe, /* spec/x86_64/cpu.pvspec:257 */
+		.read_pmc = native_read_pmc, /* spec/x86_64/cpu.pvspec:265 */
+		.usergs_sysret64 = pvgen_native_cpu_usergs_sysret64, /* spec/x86_64/cpu.pvspec:278 */
+		.iret = pvgen_native_cpu_iret, /* spec/x86_64/cpu.pvspec:291 */
+		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:300 */
+		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:310 */
+		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:319 */
 	},
 	.irq = {
-		.save_fl = pvgen_native_irq_save_fl, /* spec/x86_64/irq.pvspec:18 */
-		.restore_fl = pvgen_native_irq_restore_fl, /* spec/x86_64/irq.pvspec:29 */
-		.irq_disable = pvgen_native_irq_irq_disable, /* spec/x86_64/irq.pvspec:39 */
-		.irq_enable = pvgen_native_irq_irq_enable, /* spec/x86_64/irq.pvspec:49 */
-		.safe_halt = pvgen_native_irq_safe_halt, /* spec/x86_64/irq.pvspec:58 */
-		.halt = pvgen_native_irq_halt, /* spec/x86_64/irq.pvspec:67 */
-		.adjust_exception_frame = pvgen_nop, /* spec/x86_64/irq.pvspec:78 */
+		.save_fl = pvgen_native_irq_save_fl, /* spec/x86_64/irq.pvspec:20 */
+		.restore_fl = pvgen_native_irq_restore_fl, /* spec/x86_64/irq.pvspec:33 */
+		.irq_disable = pvgen_native_irq_irq_disable, /* spec/x86_64/irq.pvspec:45 */
+		.irq_enable = pvgen_native_irq_irq_enable, /* spec/x86_64/irq.pvspec:57 */
+		.safe_halt = pvgen_native_irq_safe_halt, /* spec/x86_64/irq.pvspec:66 */
+		.halt = pvgen_native_irq_halt, /* spec/x86_64/irq.pvspec:75 */
+		.adjust_exception_frame = pvgen_nop, /* spec/x86_64/irq.pvspec:86 */
 	},
 	.mmu = {
-		.read_cr2 = pvgen_native_mmu_read_cr2, /* spec/x86_64/mmu.pvspec:20 */
-		.write_cr2 = native_write_cr2, /* spec/x86_64/mmu.pvspec:28 */
-		.read_cr3 = pvgen_native_mmu_read_cr3, /* spec/x86_64/mmu.pvspec:37 */
-		.write_cr3 = pvgen_native_mmu_write_cr3, /* spec/x86_64/mmu.pvspec:47 */
-		.activate_mm = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:56 */
-		.dup_mmap = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:65 */
-		.exit_mmap = (void (*)(struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:73 */
-		.flush_tlb_user = native_flush_tlb, /* spec/x86_64/mmu.pvspec:81 */
-		.flush_tlb_kernel = native_flush_tlb_global, /* spec/x86_64/mmu.pvspec:90 */
-		.flush_tlb_one_user = pvgen_native_mmu_flush_tlb_one_user, /* spec/x86_64/mmu.pvspec:100 */
-		.flush_tlb_others = native_flush_tlb_others, /* spec/x86_64/mmu.pvspec:111 */
-		.pgd_alloc = __paravirt_pgd_alloc, /* spec/x86_64/mmu.pvspec:120 */
-		.pgd_free = (void (*)(struct mm_struct *, pgd_t *))pvgen_nop, /* spec/x86_64/mmu.pvspec:128 */
-		.alloc_pte = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:138 */
-		.alloc_pmd = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:146 */
-		.alloc_pud = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:154 */
-		.alloc_p4d = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:163 */
-		.release_pte = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:172 */
-		.release_pmd = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:180 */
-		.release_pud = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:188 */
-		.release_p4d = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:196 */
-		.set_pte = native_set_pte, /* spec/x86_64/mmu.pvspec:205 */
-		.set_pte_at = native_set_pte_at, /* spec/x86_64/mmu.pvspec:213 */
-		.set_pmd = native_set_pmd, /* spec/x86_64/mmu.pvspec:221 */
-		.ptep_modify_prot_start = __ptep_modify_prot_start, /* spec/x86_64/mmu.pvspec:230 */
-		.ptep_modify_prot_commit = __ptep_modify_prot_commit, /* spec/x86_64/mmu.pvspec:239 */
-		.pte_val = (pteval_t (*)(pte_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:249 */
-		.make_pte = (pte_t (*)(pteval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:259 */
-		.pgd_val = (pgdval_t (*)(pgd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:268 */
-		.make_pgd = (pgd_t (*)(pgdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:277 */
-		.set_pud = native_set_pud, /* spec/x86_64/mmu.pvspec:285 */
-		.pmd_val = (pmdval_t (*)(pmd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:294 */
-		.make_pmd = (pmd_t (*)(pmdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:303 */
-		.pud_val = (pudval_t (*)(pud_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:312 */
-		.make_pud = (pud_t (*)(pudval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:321 */
-		.set_p4d = native_set_p4d, /* spec/x86_64/mmu.pvspec:329 */
-		.p4d_val = (p4dval_t (*)(p4d_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:338 */
-		.make_p4d = (p4d_t (*)(p4dval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:347 */
-		.set_pgd = native_set_pgd, /* spec/x86_64/mmu.pvspec:356 */
-		.lazy_mode_enter = pvgen_nop, /* spec/x86_64/mmu.pvspec:365 */
-		.lazy_mode_leave = pvgen_nop, /* spec/x86_64/mmu.pvspec:374 */
-		.lazy_mode_flush = pvgen_nop, /* spec/x86_64/mmu.pvspec:383 */
-		.set_fixmap = native_set_fixmap, /* spec/x86_64/mmu.pvspec:392 */
+		.read_cr2 = pvgen_native_mmu_read_cr2, /* spec/x86_64/mmu.pvspec:21 */
+		.write_cr2 = native_write_cr2, /* spec/x86_64/mmu.pvspec:29 */
+		.read_cr3 = pvgen_native_mmu_read_cr3, /* spec/x86_64/mmu.pvspec:39 */
+		.write_cr3 = pvgen_native_mmu_write_cr3, /* spec/x86_64/mmu.pvspec:51 */
+		.activate_mm = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:60 */
+		.dup_mmap = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:69 */
+		.exit_mmap = (void (*)(struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:77 */
+		.flush_tlb_user = native_flush_tlb, /* spec/x86_64/mmu.pvspec:85 */
+		.flush_tlb_kernel = native_flush_tlb_global, /* spec/x86_64/mmu.pvspec:94 */
+		.flush_tlb_one_user = pvgen_native_mmu_flush_tlb_one_user, /* spec/x86_64/mmu.pvspec:106 */
+		.flush_tlb_others = native_flush_tlb_others, /* spec/x86_64/mmu.pvspec:117 */
+		.pgd_alloc = __paravirt_pgd_alloc, /* spec/x86_64/mmu.pvspec:126 */
+		.pgd_free = (void (*)(struct mm_struct *, pgd_t *))pvgen_nop, /* spec/x86_64/mmu.pvspec:134 */
+		.alloc_pte = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:144 */
+		.alloc_pmd = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:152 */
+		.alloc_pud = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:160 */
+		.alloc_p4d = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:169 */
+		.release_pte = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:178 */
+		.release_pmd = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:186 */
+		.release_pud = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:194 */
+		.release_p4d = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:202 */
+		.set_pte = native_set_pte, /* spec/x86_64/mmu.pvspec:212 */
+		.set_pte_at = native_set_pte_at, /* spec/x86_64/mmu.pvspec:220 */
+		.set_pmd = native_set_pmd, /* spec/x86_64/mmu.pvspec:228 */
+		.ptep_modify_prot_start = __ptep_modify_prot_start, /* spec/x86_64/mmu.pvspec:237 */
+		.ptep_modify_prot_commit = __ptep_modify_prot_commit, /* spec/x86_64/mmu.pvspec:246 */
+		.pte_val = (pteval_t (*)(pte_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:258 */
+		.make_pte = (pte_t (*)(pteval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:270 */
+		.pgd_val = (pgdval_t (*)(pgd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:279 */
+		.make_pgd = (pgd_t (*)(pgdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:288 */
+		.set_pud = native_set_pud, /* spec/x86_64/mmu.pvspec:296 */
+		.pmd_val = (pmdval_t (*)(pmd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:305 */
+		.make_pmd = (pmd_t (*)(pmdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:314 */
+		.pud_val = (pudval_t (*)(pud_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:323 */
+		.make_pud = (pud_t (*)(pudval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:332 */
+		.set_p4d = native_set_p4d, /* spec/x86_64/mmu.pvspec:340 */
+		.p4d_val = (p4dval_t (*)(p4d_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:349 */
+		.make_p4d = (p4d_t (*)(p4dval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:358 */
+		.set_pgd = native_set_pgd, /* spec/x86_64/mmu.pvspec:367 */
+		.lazy_mode_enter = pvgen_nop, /* spec/x86_64/mmu.pvspec:376 */
+		.lazy_mode_leave = pvgen_nop, /* spec/x86_64/mmu.pvspec:385 */
+		.lazy_mode_flush = pvgen_nop, /* spec/x86_64/mmu.pvspec:394 */
+		.set_fixmap = native_set_fixmap, /* spec/x86_64/mmu.pvspec:403 */
 	},
 	.lock = {
 		.queued_spin_lock_slowpath = native_queued_spin_lock_slowpath, /* spec/x86_64/lock.pvspec:18 */
-		.queued_spin_unlock = pvgen_native_lock_queued_spin_unlock, /* spec/x86_64/lock.pvspec:29 */
-		.wait = (void (*)(u8 *, u8))pvgen_nop, /* spec/x86_64/lock.pvspec:39 */
-		.kick = (void (*)(int))pvgen_nop, /* spec/x86_64/lock.pvspec:48 */
-		.vcpu_is_preempted = pvgen_native_lock_vcpu_is_preempted, /* spec/x86_64/lock.pvspec:60 */
+		.queued_spin_unlock = pvgen_native_lock_queued_spin_unlock, /* spec/x86_64/lock.pvspec:30 */
+		.wait = (void (*)(u8 *, u8))pvgen_nop, /* spec/x86_64/lock.pvspec:40 */
+		.kick = (void (*)(int))pvgen_nop, /* spec/x86_64/lock.pvspec:49 */
+		.vcpu_is_preempted = pvgen_native_lock_vcpu_is_preempted, /* spec/x86_64/lock.pvspec:62 */
 	},
 };
 
@@ -852,79 +852,79 @@ const struct pv_ops_template pv_ops_kvm = {
 		.load_sp0 = native_load_sp0, /* spec/x86_64/cpu.pvspec:184 */
 		.set_iopl_mask = native_set_iopl_mask, /* spec/x86_64/cpu.pvspec:193 */
 		.wbinvd = pvgen_native_cpu_wbinvd, /* spec/x86_64/cpu.pvspec:202 */
-		.io_delay = pvgen_nop, /* spec/x86_64/cpu.pvspec:214 */
-		.cpuid = native_cpuid, /* spec/x86_64/cpu.pvspec:222 */
-		.read_msr = native_read_msr, /* spec/x86_64/cpu.pvspec:230 */
-		.write_msr = native_write_msr, /* spec/x86_64/cpu.pvspec:239 */
-		.read_msr_safe = native_read_msr_safe, /* spec/x86_64/cpu.pvspec:247 */
-		.write_msr_safe = native_write_msr_safe, /* spec/x86_64/cpu.pvspec:255 */
-		.read_pmc = native_read_pmc, /* spec/x86_64/cpu.pvspec:263 */
-		.usergs_sysret64 = pvgen_native_cpu_usergs_sysret64, /* spec/x86_64/cpu.pvspec:276 */
-		.iret = pvgen_native_cpu_iret, /* spec/x86_64/cpu.pvspec:289 */
-		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:298 */
-		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:308 */
-		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:317 */
+		.io_delay = pvgen_nop, /* spec/x86_64/cpu.pvspec:216 */
+		.cpuid = native_cpuid, /* spec/x86_64/cpu.pvspec:224 */
+		.read_msr = native_read_msr, /* spec/x86_64/cpu.pvspec:232 */
+		.write_msr = native_write_msr, /* spec/x86_64/cpu.pvspec:241 */
+		.read_msr_safe = native_read_msr_safe, /* spec/x86_64/cpu.pvspec:249 */
+		.write_msr_safe = native_write_msr_safe, /* spec/x86_64/cpu.pvspec:257 */
+		.read_pmc = native_read_pmc, /* spec/x86_64/cpu.pvspec:265 */
+		.usergs_sysret64 = pvgen_native_cpu_usergs_sysret64, /* spec/x86_64/cpu.pvspec:278 */
+		.iret = pvgen_native_cpu_iret, /* spec/x86_64/cpu.pvspec:291 */
+		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:300 */
+		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:310 */
+		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:319 */
 	},
 	.irq = {
-		.save_fl = pvgen_native_irq_save_fl, /* spec/x86_64/irq.pvspec:18 */
-		.restore_fl = pvgen_native_irq_restore_fl, /* spec/x86_64/irq.pvspec:29 */
-		.irq_disable = pvgen_native_irq_irq_disable, /* spec/x86_64/irq.pvspec:39 */
-		.irq_enable = pvgen_native_irq_irq_enable, /* spec/x86_64/irq.pvspec:49 */
-		.safe_halt = pvgen_native_irq_safe_halt, /* spec/x86_64/irq.pvspec:58 */
-		.halt = pvgen_native_irq_halt, /* spec/x86_64/irq.pvspec:67 */
-		.adjust_exception_frame = pvgen_nop, /* spec/x86_64/irq.pvspec:78 */
+		.save_fl = pvgen_native_irq_save_fl, /* spec/x86_64/irq.pvspec:20 */
+		.restore_fl = pvgen_native_irq_restore_fl, /* spec/x86_64/irq.pvspec:33 */
+		.irq_disable = pvgen_native_irq_irq_disable, /* spec/x86_64/irq.pvspec:45 */
+		.irq_enable = pvgen_native_irq_irq_enable, /* spec/x86_64/irq.pvspec:57 */
+		.safe_halt = pvgen_native_irq_safe_halt, /* spec/x86_64/irq.pvspec:66 */
+		.halt = pvgen_native_irq_halt, /* spec/x86_64/irq.pvspec:75 */
+		.adjust_exception_frame = pvgen_nop, /* spec/x86_64/irq.pvspec:86 */
 	},
 	.mmu = {
-		.read_cr2 = pvgen_native_mmu_read_cr2, /* spec/x86_64/mmu.pvspec:20 */
-		.write_cr2 = native_write_cr2, /* spec/x86_64/mmu.pvspec:28 */
-		.read_cr3 = pvgen_native_mmu_read_cr3, /* spec/x86_64/mmu.pvspec:37 */
-		.write_cr3 = pvgen_native_mmu_write_cr3, /* spec/x86_64/mmu.pvspec:47 */
-		.activate_mm = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:56 */
-		.dup_mmap = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:65 */
-		.exit_mmap = (void (*)(struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:73 */
-		.flush_tlb_user = native_flush_tlb, /* spec/x86_64/mmu.pvspec:81 */
-		.flush_tlb_kernel = native_flush_tlb_global, /* spec/x86_64/mmu.pvspec:90 */
-		.flush_tlb_one_user = pvgen_native_mmu_flush_tlb_one_user, /* spec/x86_64/mmu.pvspec:100 */
-		.flush_tlb_others = kvm_flush_tlb_others, /* spec/x86_64/mmu.pvspec:113 */
-		.pgd_alloc = __paravirt_pgd_alloc, /* spec/x86_64/mmu.pvspec:120 */
-		.pgd_free = (void (*)(struct mm_struct *, pgd_t *))pvgen_nop, /* spec/x86_64/mmu.pvspec:128 */
-		.alloc_pte = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:138 */
-		.alloc_pmd = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:146 */
-		.alloc_pud = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:154 */
-		.alloc_p4d = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:163 */
-		.release_pte = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:172 */
-		.release_pmd = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:180 */
-		.release_pud = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:188 */
-		.release_p4d = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:196 */
-		.set_pte = native_set_pte, /* spec/x86_64/mmu.pvspec:205 */
-		.set_pte_at = native_set_pte_at, /* spec/x86_64/mmu.pvspec:213 */
-		.set_pmd = native_set_pmd, /* spec/x86_64/mmu.pvspec:221 */
-		.ptep_modify_prot_start = __ptep_modify_prot_start, /* spec/x86_64/mmu.pvspec:230 */
-		.ptep_modify_prot_commit = __ptep_modify_prot_commit, /* spec/x86_64/mmu.pvspec:239 */
-		.pte_val = (pteval_t (*)(pte_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:249 */
-		.make_pte = (pte_t (*)(pteval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:259 */
-		.pgd_val = (pgdval_t (*)(pgd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:268 */
-		.make_pgd = (pgd_t (*)(pgdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:277 */
-		.set_pud = native_set_pud, /* spec/x86_64/mmu.pvspec:285 */
-		.pmd_val = (pmdval_t (*)(pmd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:294 */
-		.make_pmd = (pmd_t (*)(pmdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:303 */
-		.pud_val = (pudval_t (*)(pud_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:312 */
-		.make_pud = (pud_t (*)(pudval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:321 */
-		.set_p4d = native_set_p4d, /* spec/x86_64/mmu.pvspec:329 */
-		.p4d_val = (p4dval_t (*)(p4d_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:338 */
-		.make_p4d = (p4d_t (*)(p4dval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:347 */
-		.set_pgd = native_set_pgd, /* spec/x86_64/mmu.pvspec:356 */
-		.lazy_mode_enter = pvgen_nop, /* spec/x86_64/mmu.pvspec:365 */
-		.lazy_mode_leave = pvgen_nop, /* spec/x86_64/mmu.pvspec:374 */
-		.lazy_mode_flush = pvgen_nop, /* spec/x86_64/mmu.pvspec:383 */
-		.set_fixmap = native_set_fixmap, /* spec/x86_64/mmu.pvspec:392 */
+		.read_cr2 = pvgen_native_mmu_read_cr2, /* spec/x86_64/mmu.pvspec:21 */
+		.write_cr2 = native_write_cr2, /* spec/x86_64/mmu.pvspec:29 */
+		.read_cr3 = pvgen_native_mmu_read_cr3, /* spec/x86_64/mmu.pvspec:39 */
+		.write_cr3 = pvgen_native_mmu_write_cr3, /* spec/x86_64/mmu.pvspec:51 */
+		.activate_mm = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:60 */
+		.dup_mmap = (void (*)(struct mm_struct *, struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:69 */
+		.exit_mmap = (void (*)(struct mm_struct *))pvgen_nop, /* spec/x86_64/mmu.pvspec:77 */
+		.flush_tlb_user = native_flush_tlb, /* spec/x86_64/mmu.pvspec:85 */
+		.flush_tlb_kernel = native_flush_tlb_global, /* spec/x86_64/mmu.pvspec:94 */
+		.flush_tlb_one_user = pvgen_native_mmu_flush_tlb_one_user, /* spec/x86_64/mmu.pvspec:106 */
+		.flush_tlb_others = kvm_flush_tlb_others, /* spec/x86_64/mmu.pvspec:119 */
+		.pgd_alloc = __paravirt_pgd_alloc, /* spec/x86_64/mmu.pvspec:126 */
+		.pgd_free = (void (*)(struct mm_struct *, pgd_t *))pvgen_nop, /* spec/x86_64/mmu.pvspec:134 */
+		.alloc_pte = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:144 */
+		.alloc_pmd = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:152 */
+		.alloc_pud = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:160 */
+		.alloc_p4d = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:169 */
+		.release_pte = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:178 */
+		.release_pmd = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:186 */
+		.release_pud = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:194 */
+		.release_p4d = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:202 */
+		.set_pte = native_set_pte, /* spec/x86_64/mmu.pvspec:212 */
+		.set_pte_at = native_set_pte_at, /* spec/x86_64/mmu.pvspec:220 */
+		.set_pmd = native_set_pmd, /* spec/x86_64/mmu.pvspec:228 */
+		.ptep_modify_prot_start = __ptep_modify_prot_start, /* spec/x86_64/mmu.pvspec:237 */
+		.ptep_modify_prot_commit = __ptep_modify_prot_commit, /* spec/x86_64/mmu.pvspec:246 */
+		.pte_val = (pteval_t (*)(pte_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:258 */
+		.make_pte = (pte_t (*)(pteval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:270 */
+		.pgd_val = (pgdval_t (*)(pgd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:279 */
+		.make_pgd = (pgd_t (*)(pgdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:288 */
+		.set_pud = native_set_pud, /* spec/x86_64/mmu.pvspec:296 */
+		.pmd_val = (pmdval_t (*)(pmd_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:305 */
+		.make_pmd = (pmd_t (*)(pmdval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:314 */
+		.pud_val = (pudval_t (*)(pud_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:323 */
+		.make_pud = (pud_t (*)(pudval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:332 */
+		.set_p4d = native_set_p4d, /* spec/x86_64/mmu.pvspec:340 */
+		.p4d_val = (p4dval_t (*)(p4d_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:349 */
+		.make_p4d = (p4d_t (*)(p4dval_t))pvgen_ident_64, /* spec/x86_64/mmu.pvspec:358 */
+		.set_pgd = native_set_pgd, /* spec/x86_64/mmu.pvspec:367 */
+		.lazy_mode_enter = pvgen_nop, /* spec/x86_64/mmu.pvspec:376 */
+		.lazy_mode_leave = pvgen_nop, /* spec/x86_64/mmu.pvspec:385 */
+		.lazy_mode_flush = pvgen_nop, /* spec/x86_64/mmu.pvspec:394 */
+		.set_fixmap = native_set_fixmap, /* spec/x86_64/mmu.pvspec:403 */
 	},
 	.lock = {
 		.queued_spin_lock_slowpath = __pv_queued_spin_lock_slowpath, /* spec/x86_64/lock.pvspec:20 */
-		.queued_spin_unlock = __raw_callee_save___pv_queued_spin_unlock, /* spec/x86_64/lock.pvspec:31 */
-		.wait = kvm_wait, /* spec/x86_64/lock.pvspec:41 */
-		.kick = kvm_kick_cpu, /* spec/x86_64/lock.pvspec:50 */
-		.vcpu_is_preempted = __kvm_vcpu_is_preempted, /* spec/x86_64/lock.pvspec:62 */
+		.queued_spin_unlock = __raw_callee_save___pv_queued_spin_unlock, /* spec/x86_64/lock.pvspec:32 */
+		.wait = kvm_wait, /* spec/x86_64/lock.pvspec:42 */
+		.kick = kvm_kick_cpu, /* spec/x86_64/lock.pvspec:51 */
+		.vcpu_is_preempted = __kvm_vcpu_is_preempted, /* spec/x86_64/lock.pvspec:64 */
 	},
 };
 
@@ -960,79 +960,79 @@ const struct pv_ops_template pv_ops_xen = {
 		.load_sp0 = xen_load_sp0, /* spec/x86_64/cpu.pvspec:185 */
 		.set_iopl_mask = xen_set_iopl_mask, /* spec/x86_64/cpu.pvspec:194 */
 		.wbinvd = pvgen_native_cpu_wbinvd, /* spec/x86_64/cpu.pvspec:202 */
-		.io_delay = pvgen_nop, /* spec/x86_64/cpu.pvspec:213 */
-		.cpuid = xen_cpuid, /* spec/x86_64/cpu.pvspec:223 */
-		.read_msr = xen_read_msr, /* spec/x86_64/cpu.pvspec:231 */
-		.write_msr = xen_write_msr, /* spec/x86_64/cpu.pvspec:240 */
-		.read_msr_safe = xen_read_msr_safe, /* spec/x86_64/cpu.pvspec:248 */
-		.write_msr_safe = xen_write_msr_safe, /* spec/x86_64/cpu.pvspec:256 */
-		.read_pmc = xen_read_pmc, /* spec/x86_64/cpu.pvspec:264 */
-		.usergs_sysret64 = xen_sysret64, /* spec/x86_64/cpu.pvspec:277 */
-		.iret = xen_iret, /* spec/x86_64/cpu.pvspec:290 */
-		.swapgs = pvgen_nop, /* spec/x86_64/cpu.pvspec:299 */
-		.start_context_switch = paravirt_start_context_switch, /* spec/x86_64/cpu.pvspec:309 */
-		.end_context_switch = xen_end_context_switch, /* spec/x86_64/cpu.pvspec:318 */
+		.io_delay = pvgen_nop, /* spec/x86_64/cpu.pvspec:215 */
+		.cpuid = xen_cpuid, /* spec/x86_64/cpu.pvspec:225 */
+		.read_msr = xen_read_msr, /* spec/x86_64/cpu.pvspec:233 */
+		.write_msr = xen_write_msr, /* spec/x86_64/cpu.pvspec:242 */
+		.read_msr_safe = xen_read_msr_safe, /* spec/x86_64/cpu.pvspec:250 */
+		.write_msr_safe = xen_write_msr_safe, /* spec/x86_64/cpu.pvspec:258 */
+		.read_pmc = xen_read_pmc, /* spec/x86_64/cpu.pvspec:266 */
+		.usergs_sysret64 = xen_sysret64, /* spec/x86_64/cpu.pvspec:279 */
+		.iret = xen_iret, /* spec/x86_64/cpu.pvspec:292 */
+		.swapgs = pvgen_nop, /* spec/x86_64/cpu.pvspec:301 */
+		.start_context_switch = paravirt_start_context_switch, /* spec/x86_64/cpu.pvspec:311 */
+		.end_context_switch = xen_end_context_switch, /* spec/x86_64/cpu.pvspec:320 */
 	},
 	.irq = {
-		.save_fl = xen_save_fl_direct, /* spec/x86_64/irq.pvspec:19 */
-		.restore_fl = xen_restore_fl_direct, /* spec/x86_64/irq.pvspec:30 */
-		.irq_disable = xen_irq_disable_direct, /* spec/x86_64/irq.pvspec:40 */
-		.irq_enable = xen_irq_enable_direct, /* spec/x86_64/irq.pvspec:50 */
-		.safe_halt = xen_safe_halt, /* spec/x86_64/irq.pvspec:59 */
-		.halt = xen_halt, /* spec/x86_64/irq.pvspec:68 */
-		.adjust_exception_frame = xen_adjust_exception_frame, /* spec/x86_64/irq.pvspec:79 */
+		.save_fl = xen_save_fl_direct, /* spec/x86_64/irq.pvspec:21 */
+		.restore_fl = xen_restore_fl_direct, /* spec/x86_64/irq.pvspec:34 */
+		.irq_disable = xen_irq_disable_direct, /* spec/x86_64/irq.pvspec:46 */
+		.irq_enable = xen_irq_enable_direct, /* spec/x86_64/irq.pvspec:58 */
+		.safe_halt = xen_safe_halt, /* spec/x86_64/irq.pvspec:67 */
+		.halt = xen_halt, /* spec/x86_64/irq.pvspec:76 */
+		.adjust_exception_frame = xen_adjust_exception_frame, /* spec/x86_64/irq.pvspec:87 */
 	},
 	.mmu = {
-		.read_cr2 = xen_read_cr2, /* spec/x86_64/mmu.pvspec:21 */
-		.write_cr2 = xen_write_cr2, /* spec/x86_64/mmu.pvspec:29 */
-		.read_cr3 = xen_read_cr3, /* spec/x86_64/mmu.pvspec:38 */
-		.write_cr3 = xen_write_cr3, /* spec/x86_64/mmu.pvspec:48 */
-		.activate_mm = xen_activate_mm, /* spec/x86_64/mmu.pvspec:57 */
-		.dup_mmap = xen_dup_mmap, /* spec/x86_64/mmu.pvspec:66 */
-		.exit_mmap = xen_exit_mmap, /* spec/x86_64/mmu.pvspec:74 */
-		.flush_tlb_user = xen_flush_tlb, /* spec/x86_64/mmu.pvspec:82 */
-		.flush_tlb_kernel = xen_flush_tlb, /* spec/x86_64/mmu.pvspec:91 */
-		.flush_tlb_one_user = xen_flush_tlb_one_user, /* spec/x86_64/mmu.pvspec:101 */
-		.flush_tlb_others = xen_flush_tlb_others, /* spec/x86_64/mmu.pvspec:112 */
-		.pgd_alloc = xen_pgd_alloc, /* spec/x86_64/mmu.pvspec:121 */
-		.pgd_free = xen_pgd_free, /* spec/x86_64/mmu.pvspec:129 */
-		.alloc_pte = xen_alloc_pte, /* spec/x86_64/mmu.pvspec:139 */
-		.alloc_pmd = xen_alloc_pmd, /* spec/x86_64/mmu.pvspec:147 */
-		.alloc_pud = xen_alloc_pud, /* spec/x86_64/mmu.pvspec:155 */
-		.alloc_p4d = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:163 */
-		.release_pte = xen_release_pte, /* spec/x86_64/mmu.pvspec:173 */
-		.release_pmd = xen_release_pmd, /* spec/x86_64/mmu.pvspec:181 */
-		.release_pud = xen_release_pud, /* spec/x86_64/mmu.pvspec:189 */
-		.release_p4d = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:196 */
-		.set_pte = xen_set_pte, /* spec/x86_64/mmu.pvspec:206 */
-		.set_pte_at = xen_set_pte_at, /* spec/x86_64/mmu.pvspec:214 */
-		.set_pmd = xen_set_pmd, /* spec/x86_64/mmu.pvspec:222 */
-		.ptep_modify_prot_start = __ptep_modify_prot_start, /* spec/x86_64/mmu.pvspec:230 */
-		.ptep_modify_prot_commit = __ptep_modify_prot_commit, /* spec/x86_64/mmu.pvspec:239 */
-		.pte_val = __raw_callee_save_xen_pte_val, /* spec/x86_64/mmu.pvspec:250 */
-		.make_pte = __raw_callee_save_xen_make_pte, /* spec/x86_64/mmu.pvspec:260 */
-		.pgd_val = __raw_callee_save_xen_pgd_val, /* spec/x86_64/mmu.pvspec:269 */
-		.make_pgd = __raw_callee_save_xen_make_pgd, /* spec/x86_64/mmu.pvspec:278 */
-		.set_pud = xen_set_pud, /* spec/x86_64/mmu.pvspec:286 */
-		.pmd_val = __raw_callee_save_xen_pmd_val, /* spec/x86_64/mmu.pvspec:295 */
-		.make_pmd = __raw_callee_save_xen_make_pmd, /* spec/x86_64/mmu.pvspec:304 */
-		.pud_val = __raw_callee_save_xen_pud_val, /* spec/x86_64/mmu.pvspec:313 */
-		.make_pud = __raw_callee_save_xen_make_pud, /* spec/x86_64/mmu.pvspec:322 */
-		.set_p4d = xen_set_p4d, /* spec/x86_64/mmu.pvspec:330 */
-		.p4d_val = __raw_callee_save_xen_p4d_val, /* spec/x86_64/mmu.pvspec:339 */
-		.make_p4d = __raw_callee_save_xen_make_p4d, /* spec/x86_64/mmu.pvspec:348 */
-		.set_pgd = native_set_pgd, /* spec/x86_64/mmu.pvspec:356 */
-		.lazy_mode_enter = paravirt_enter_lazy_mmu, /* spec/x86_64/mmu.pvspec:366 */
-		.lazy_mode_leave = xen_leave_lazy_mmu, /* spec/x86_64/mmu.pvspec:375 */
-		.lazy_mode_flush = paravirt_flush_lazy_mmu, /* spec/x86_64/mmu.pvspec:384 */
-		.set_fixmap = xen_set_fixmap, /* spec/x86_64/mmu.pvspec:393 */
+		.read_cr2 = xen_read_cr2, /* spec/x86_64/mmu.pvspec:22 */
+		.write_cr2 = xen_write_cr2, /* spec/x86_64/mmu.pvspec:30 */
+		.read_cr3 = xen_read_cr3, /* spec/x86_64/mmu.pvspec:40 */
+		.write_cr3 = xen_write_cr3, /* spec/x86_64/mmu.pvspec:52 */
+		.activate_mm = xen_activate_mm, /* spec/x86_64/mmu.pvspec:61 */
+		.dup_mmap = xen_dup_mmap, /* spec/x86_64/mmu.pvspec:70 */
+		.exit_mmap = xen_exit_mmap, /* spec/x86_64/mmu.pvspec:78 */
+		.flush_tlb_user = xen_flush_tlb, /* spec/x86_64/mmu.pvspec:86 */
+		.flush_tlb_kernel = xen_flush_tlb, /* spec/x86_64/mmu.pvspec:95 */
+		.flush_tlb_one_user = xen_flush_tlb_one_user, /* spec/x86_64/mmu.pvspec:107 */
+		.flush_tlb_others = xen_flush_tlb_others, /* spec/x86_64/mmu.pvspec:118 */
+		.pgd_alloc = xen_pgd_alloc, /* spec/x86_64/mmu.pvspec:127 */
+		.pgd_free = xen_pgd_free, /* spec/x86_64/mmu.pvspec:135 */
+		.alloc_pte = xen_alloc_pte, /* spec/x86_64/mmu.pvspec:145 */
+		.alloc_pmd = xen_alloc_pmd, /* spec/x86_64/mmu.pvspec:153 */
+		.alloc_pud = xen_alloc_pud, /* spec/x86_64/mmu.pvspec:161 */
+		.alloc_p4d = (void (*)(struct mm_struct *, unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:169 */
+		.release_pte = xen_release_pte, /* spec/x86_64/mmu.pvspec:179 */
+		.release_pmd = xen_release_pmd, /* spec/x86_64/mmu.pvspec:187 */
+		.release_pud = xen_release_pud, /* spec/x86_64/mmu.pvspec:195 */
+		.release_p4d = (void (*)(unsigned long))pvgen_nop, /* spec/x86_64/mmu.pvspec:202 */
+		.set_pte = xen_set_pte, /* spec/x86_64/mmu.pvspec:213 */
+		.set_pte_at = xen_set_pte_at, /* spec/x86_64/mmu.pvspec:221 */
+		.set_pmd = xen_set_pmd, /* spec/x86_64/mmu.pvspec:229 */
+		.ptep_modify_prot_start = __ptep_modify_prot_start, /* spec/x86_64/mmu.pvspec:237 */
+		.ptep_modify_prot_commit = __ptep_modify_prot_commit, /* spec/x86_64/mmu.pvspec:246 */
+		.pte_val = __raw_callee_save_xen_pte_val, /* spec/x86_64/mmu.pvspec:259 */
+		.make_pte = __raw_callee_save_xen_make_pte, /* spec/x86_64/mmu.pvspec:271 */
+		.pgd_val = __raw_callee_save_xen_pgd_val, /* spec/x86_64/mmu.pvspec:280 */
+		.make_pgd = __raw_callee_save_xen_make_pgd, /* spec/x86_64/mmu.pvspec:289 */
+		.set_pud = xen_set_pud, /* spec/x86_64/mmu.pvspec:297 */
+		.pmd_val = __raw_callee_save_xen_pmd_val, /* spec/x86_64/mmu.pvspec:306 */
+		.make_pmd = __raw_callee_save_xen_make_pmd, /* spec/x86_64/mmu.pvspec:315 */
+		.pud_val = __raw_callee_save_xen_pud_val, /* spec/x86_64/mmu.pvspec:324 */
+		.make_pud = __raw_callee_save_xen_make_pud, /* spec/x86_64/mmu.pvspec:333 */
+		.set_p4d = xen_set_p4d, /* spec/x86_64/mmu.pvspec:341 */
+		.p4d_val = __raw_callee_save_xen_p4d_val, /* spec/x86_64/mmu.pvspec:350 */
+		.make_p4d = __raw_callee_save_xen_make_p4d, /* spec/x86_64/mmu.pvspec:359 */
+		.set_pgd = native_set_pgd, /* spec/x86_64/mmu.pvspec:367 */
+		.lazy_mode_enter = paravirt_enter_lazy_mmu, /* spec/x86_64/mmu.pvspec:377 */
+		.lazy_mode_leave = xen_leave_lazy_mmu, /* spec/x86_64/mmu.pvspec:386 */
+		.lazy_mode_flush = paravirt_flush_lazy_mmu, /* spec/x86_64/mmu.pvspec:395 */
+		.set_fixmap = xen_set_fixmap, /* spec/x86_64/mmu.pvspec:404 */
 	},
 	.lock = {
 		.queued_spin_lock_slowpath = __pv_queued_spin_lock_slowpath, /* spec/x86_64/lock.pvspec:19 */
-		.queued_spin_unlock = __raw_callee_save___pv_queued_spin_unlock, /* spec/x86_64/lock.pvspec:30 */
-		.wait = xen_qlock_wait, /* spec/x86_64/lock.pvspec:40 */
-		.kick = xen_qlock_kick, /* spec/x86_64/lock.pvspec:49 */
-		.vcpu_is_preempted = __raw_callee_save_xen_vcpu_stolen, /* spec/x86_64/lock.pvspec:61 */
+		.queued_spin_unlock = __raw_callee_save___pv_queued_spin_unlock, /* spec/x86_64/lock.pvspec:31 */
+		.wait = xen_qlock_wait, /* spec/x86_64/lock.pvspec:41 */
+		.kick = xen_qlock_kick, /* spec/x86_64/lock.pvspec:50 */
+		.vcpu_is_preempted = __raw_callee_save_xen_vcpu_stolen, /* spec/x86_64/lock.pvspec:63 */
 	},
 };
 

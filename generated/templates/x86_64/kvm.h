@@ -43,67 +43,67 @@ static const unsigned char pvgen_template_kvm_cpu_wbinvd[2] = {
 	0x0f, 0x09
 };
 
-/* cpu.usergs_sysret64: swapgs; sysretq (spec/x86_64/cpu.pvspec:272, spec/x86_64/cpu.pvspec:276) */
+/* cpu.usergs_sysret64: swapgs; sysretq (spec/x86_64/cpu.pvspec:274, spec/x86_64/cpu.pvspec:278) */
 static const unsigned char pvgen_template_kvm_cpu_usergs_sysret64[6] = {
 	0x0f, 0x01, 0xf8, 0x48, 0x0f, 0x07
 };
 
-/* cpu.iret: iretq (spec/x86_64/cpu.pvspec:285, spec/x86_64/cpu.pvspec:289) */
+/* cpu.iret: iretq (spec/x86_64/cpu.pvspec:287, spec/x86_64/cpu.pvspec:291) */
 static const unsigned char pvgen_template_kvm_cpu_iret[2] = {
 	0x48, 0xcf
 };
 
-/* cpu.swapgs: swapgs (spec/x86_64/cpu.pvspec:296, spec/x86_64/cpu.pvspec:298) */
+/* cpu.swapgs: swapgs (spec/x86_64/cpu.pvspec:298, spec/x86_64/cpu.pvspec:300) */
 static const unsigned char pvgen_template_kvm_cpu_swapgs[3] = {
 	0x0f, 0x01, 0xf8
 };
 
-/* irq.save_fl: pushfq; popq %rax (spec/x86_64/irq.pvspec:15, spec/x86_64/irq.pvspec:18) */
+/* irq.save_fl: pushfq; popq %rax (spec/x86_64/irq.pvspec:15, spec/x86_64/irq.pvspec:20) */
 static const unsigned char pvgen_template_kvm_irq_save_fl[2] = {
 	0x9c, 0x58
 };
 
-/* irq.restore_fl: pushq %rdi; popfq (spec/x86_64/irq.pvspec:26, spec/x86_64/irq.pvspec:29) */
+/* irq.restore_fl: pushq %rdi; popfq (spec/x86_64/irq.pvspec:28, spec/x86_64/irq.pvspec:33) */
 static const unsigned char pvgen_template_kvm_irq_restore_fl[2] = {
 	0x57, 0x9d
 };
 
-/* irq.irq_disable: cli (spec/x86_64/irq.pvspec:36, spec/x86_64/irq.pvspec:39) */
+/* irq.irq_disable: cli (spec/x86_64/irq.pvspec:40, spec/x86_64/irq.pvspec:45) */
 static const unsigned char pvgen_template_kvm_irq_irq_disable[1] = {
 	0xfa
 };
 
-/* irq.irq_enable: sti (spec/x86_64/irq.pvspec:46, spec/x86_64/irq.pvspec:49) */
+/* irq.irq_enable: sti (spec/x86_64/irq.pvspec:52, spec/x86_64/irq.pvspec:57) */
 static const unsigned char pvgen_template_kvm_irq_irq_enable[1] = {
 	0xfb
 };
 
-/* irq.safe_halt: sti; hlt (spec/x86_64/irq.pvspec:56, spec/x86_64/irq.pvspec:58) */
+/* irq.safe_halt: sti; hlt (spec/x86_64/irq.pvspec:64, spec/x86_64/irq.pvspec:66) */
 static const unsigned char pvgen_template_kvm_irq_safe_halt[2] = {
 	0xfb, 0xf4
 };
 
-/* irq.halt: hlt (spec/x86_64/irq.pvspec:65, spec/x86_64/irq.pvspec:67) */
+/* irq.halt: hlt (spec/x86_64/irq.pvspec:73, spec/x86_64/irq.pvspec:75) */
 static const unsigned char pvgen_template_kvm_irq_halt[1] = {
 	0xf4
 };
 
-/* mmu.read_cr2: movq %cr2, %rax (spec/x86_64/mmu.pvspec:18, spec/x86_64/mmu.pvspec:20) */
+/* mmu.read_cr2: movq %cr2, %rax (spec/x86_64/mmu.pvspec:18, spec/x86_64/mmu.pvspec:21) */
 static const unsigned char pvgen_template_kvm_mmu_read_cr2[3] = {
 	0x0f, 0x20, 0xd0
 };
 
-/* mmu.read_cr3: movq %cr3, %rax (spec/x86_64/mmu.pvspec:35, spec/x86_64/mmu.pvspec:37) */
+/* mmu.read_cr3: movq %cr3, %rax (spec/x86_64/mmu.pvspec:36, spec/x86_64/mmu.pvspec:39) */
 static const unsigned char pvgen_template_kvm_mmu_read_cr3[3] = {
 	0x0f, 0x20, 0xd8
 };
 
-/* mmu.write_cr3: movq %rdi, %cr3 (spec/x86_64/mmu.pvspec:45, spec/x86_64/mmu.pvspec:47) */
+/* mmu.write_cr3: movq %rdi, %cr3 (spec/x86_64/mmu.pvspec:47, spec/x86_64/mmu.pvspec:51) */
 static const unsigned char pvgen_template_kvm_mmu_write_cr3[3] = {
 	0x0f, 0x22, 0xdf
 };
 
-/* mmu.flush_tlb_one_user: invlpg (%rdi) (spec/x86_64/mmu.pvspec:98, spec/x86_64/mmu.pvspec:100) */
+/* mmu.flush_tlb_one_user: invlpg (%rdi) (spec/x86_64/mmu.pvspec:102, spec/x86_64/mmu.pvspec:106) */
 static const unsigned char pvgen_template_kvm_mmu_flush_tlb_one_user[3] = {
 	0x0f, 0x01, 0x3f
 };
