@@ -94,13 +94,13 @@ def _black(texts: list[str]) -> list[str]:
         return list(pool.map(_black_one, texts))
 
 
-def build(loaded: LoadedSpec, out_dir: Path, diagnostics: Diagnostics) -> BuildResult | None:
+def build(loaded: LoadedSpec, out_dir: Path, diagnostics: Diagnostics, verify: bool = True) -> BuildResult | None:
     """Renders every output in memory. None (and nothing written) on any error."""
     spec = check(loaded, diagnostics)
     if spec is None:
         return None
     cache = TemplateCache.load(out_dir / CACHE)
-    assembled = assemble(spec, cache, diagnostics)
+    assembled = assemble(spec, cache, diagnostics, verify)
     if assembled is None:
         return None
     sources = sorted(spec.files)

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     build_cmd.add_argument("-o", "--output", default="generated", metavar="DIR", help="output directory (generated)")
     build_cmd.add_argument("--check", action="store_true", help="write nothing; exit 1 if DIR is stale")
     build_cmd.add_argument("-M", dest="depfile", metavar="DEPFILE", help="also write a make depfile")
+    build_cmd.add_argument(
+        "--no-verify", action="store_true", help="keep templates that fail verification (to test the generated suites)"
+    )
     build_cmd.add_argument("paths", nargs="*", metavar="PATH")
     disasm_cmd = commands.add_parser("disasm", help="disassemble raw bytes (x86-64 via capstone, IA64 like objdump)")
     disasm_cmd.add_argument("--arch", required=True, choices=("ia64", "x86_64"))
@@ -124,13 +127,13 @@ def _build(args: argparse.Namespace) -> int:
 
     named = _files(args.paths)
     out_dir = Path(args.output)
-    if not args.check and not args.depfile and stamp.up_to_date(named, out_dir):
+    if not args.check and not args.depfile and not args.no_verify and stamp.up_to_date(named, out_dir):
         return EXIT_OK
     from pvgen import build
 
     diagnostics = Diagnostics()
     loaded = load(named, diagnostics)
-    result = build.build(loaded, out_dir, diagnostics) if not diagnostics else None
+    result = build.build(loaded, out_dir, diagnostics, verify=not args.no_verify) if not diagnostics else None
     if result is None:
         _report(loaded, diagnostics)
         print(f"pvgen: nothing written to {args.output}", file=sys.stderr)

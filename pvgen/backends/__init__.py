@@ -58,6 +58,7 @@ def all_backends() -> list[Backend]:
     from pvgen.backends.manifest import ManifestBackend
     from pvgen.backends.patch_templates import PatchTemplateBackend
     from pvgen.backends.python_layer import PythonLayerBackend
+    from pvgen.backends.test_suites import TestSuiteBackend
     from pvgen.backends.yielding import YieldingBackend
 
     backends: list[Backend] = [
@@ -66,6 +67,7 @@ def all_backends() -> list[Backend]:
         ManifestBackend(),
         PatchTemplateBackend(),
         PythonLayerBackend(),
+        TestSuiteBackend(),
         YieldingBackend(),
     ]
     return sorted(backends, key=lambda b: b.name)

@@ -65,7 +65,7 @@ def read_sites(path: str | Path) -> list[SiteRecord]:
     return [SiteRecord(*RECORD.unpack_from(data, offset)) for offset in range(0, len(data), RECORD.size)]
 
 
-def _nop_fill(nops: Sequence[bytes], length: int) -> bytes:
+def nop_fill(nops: Sequence[bytes], length: int) -> bytes:
     """The fewest NOP instructions that fill `length` bytes, longest forms first."""
     by_size = sorted(nops, key=len, reverse=True)
     out = b""
@@ -157,7 +157,7 @@ def patch_sites(
             if not -(1 << 31) <= delta < (1 << 31):
                 raise BootError(f"site at {site.address:#x}: '{symbol}' at {target:#x} is out of rel32 range")
             code = (b"\xe9" if kind == "jump" else b"\xe8") + struct.pack("<i", delta)
-        write(site.address, code + _nop_fill(nops, site.length - len(code)))
+        write(site.address, code + nop_fill(nops, site.length - len(code)))
         by_kind[kind] += 1
         by_op.setdefault(qualname, Counter())[kind] += 1
     return PatchReport(
