@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pvgen import ir
 from pvgen.assemble import IDENTITY
-from pvgen.backends import PYTHON, Output, banner, render_template
+from pvgen.backends import JSON, PYTHON, Output, banner, render_template
 
 
-def _impl_row(op: ir.Op, impl: ir.Impl, templates: dict[tuple[str, str, str], ir.Template], owner: str) -> str:
+def _impl_row(op: ir.Op, impl: ir.Impl, templates: dict[tuple[str, str, str], ir.Template], owner: str) -> list[Any]:
     """One implementation as a short tuple literal: kind, symbol, template hex, inline, preserves, relocs, location."""
     template = templates.get((op.arch, owner, impl.hypervisor))
     fields: list[Any] = [
@@ -19,10 +20,10 @@ def _impl_row(op: ir.Op, impl: ir.Impl, templates: dict[tuple[str, str, str], ir
         template.code.hex() if template else None,
         bool(template and template.fits_site and not template.out_of_line),
         impl.preserves_registers,
-        tuple((r.offset, r.kind, r.symbol) for r in template.relocations) if template else (),
+        [[r.offset, r.kind, r.symbol] for r in template.relocations] if template else [],
         impl.span.location,
     ]
-    return "(" + ", ".join(repr(f) for f in fields) + ")"
+    return fields
 
 
 def _effects(op: ir.Op, hypervisors: Sequence[ir.Hypervisor]) -> dict[str, list[str]]:
@@ -48,8 +49,64 @@ def _hypervisor_view(hypervisor: ir.Hypervisor, arch: str) -> dict[str, Any]:
     }
 
 
+def _tables(build: ir.Build, arch: ir.Arch, templates: dict[tuple[str, str, str], ir.Template]) -> dict[str, Any]:
+    """The layer's tables as plain JSON data: one row per op, implementation and variant."""
+    identity = templates.get((arch.name, IDENTITY, ir.NATIVE))
+    groups = [g for g in build.spec.groups if g.arch == arch.name]
+    mask = next((m for m in build.spec.masks if m.arch == arch.name), None)
+    hypervisors = [h for h in build.spec.hypervisors if arch.name in h.arches]
+    ops = [op for g in groups for op in g.ops]
+    clobber_sets = sorted({op.clobbers for op in ops} | {v.clobbers for op in ops for v in op.variants})
+    op_rows, variant_rows, impl_rows = [], [], {}
+    for op in ops:
+        op_rows.append([
+            op.name, op.group, op.index, op.category, op.transfer, op.callee_save, op.returns.kind != "void",
+            [p.name for p in op.params], clobber_sets.index(op.clobbers), _clobber_mask(arch, op.clobbers),
+            op.span.location,
+        ])  # fmt: skip
+        impl_rows[op.qualname] = {i.hypervisor: _impl_row(op, i, templates, op.qualname) for i in op.impls}
+        for variant in op.variants:
+            owner = f"{op.qualname}[{variant.name}]"
+            variant_rows.append(
+                [op.qualname, variant.name, variant.patch_type, clobber_sets.index(variant.clobbers),
+                 variant.span.location]
+            )  # fmt: skip
+            impl_rows[owner] = {i.hypervisor: _impl_row(op, i, templates, owner) for i in variant.impls}
+    return {
+        "arch": arch.name,
+        "nops": list(arch.nops),
+        "identity": identity.code.hex() if identity else None,
+        "clobber_bits": dict(arch.clobber_bits),
+        "clobber_sets": [list(c) for c in clobber_sets],
+        "ops": op_rows,
+        "impls": impl_rows,
+        "variants": variant_rows,
+        "groups": [[g.name, g.struct, g.mask_bit] for g in groups],
+        "data": {
+            h.name: {
+                f"{g.name}.{d.name}": v.value
+                for g in groups
+                for d in g.data
+                for v in d.values
+                if v.hypervisor == h.name
+            }
+            for h in hypervisors
+        },
+        "hypervisors": [_hypervisor_view(h, arch.name) for h in hypervisors],
+        "mask_cmdline": mask.cmdline if mask else None,
+        "mask_bits": dict(mask.bits) if mask else {},
+        "yields": [[y.name, y.function, y.when, list(y.hypervisors)] for y in build.spec.yields if y.arch == arch.name],
+        "effects": {op.qualname: _effects(op, hypervisors) for op in ops if op.effects},
+        "iommu": [
+            [e.detect, e.depends, e.early_init, e.late_init, e.finish, list(e.buses), list(e.found_under)]
+            for e in build.spec.iommu
+            if e.arch == arch.name
+        ],
+    }
+
+
 class PythonLayerBackend:
-    """Emits python/pvops_<arch>.py, formatted by black, which the runtime imports."""
+    """Emits python/pvops_<arch>.py (formatted by black) and its tables, python/pvops_<arch>.json."""
 
     name: ClassVar[str] = "python_layer"
 
@@ -57,84 +114,15 @@ class PythonLayerBackend:
         templates = {(t.arch, t.owner, t.hypervisor): t for t in build.templates}
         outputs = []
         for arch in build.spec.arches:
-            identity = templates.get((arch.name, IDENTITY, ir.NATIVE))
-            groups = [g for g in build.spec.groups if g.arch == arch.name]
-            mask = next((m for m in build.spec.masks if m.arch == arch.name), None)
-            hypervisors = [h for h in build.spec.hypervisors if arch.name in h.arches]
-            yields = [y for y in build.spec.yields if y.arch == arch.name]
-            ops = [op for g in groups for op in g.ops]
-            clobber_sets = sorted({op.clobbers for op in ops} | {v.clobbers for op in ops for v in op.variants})
-            op_rows, impl_rows, variant_rows = [], [], []
-            for op in ops:
-                row = (
-                    op.name,
-                    op.group,
-                    op.index,
-                    op.category,
-                    op.transfer,
-                    op.callee_save,
-                    op.returns.kind != "void",
-                    tuple(p.name for p in op.params),
-                    clobber_sets.index(op.clobbers),
-                    _clobber_mask(arch, op.clobbers),
-                    op.span.location,
-                )
-                op_rows.append(repr(row))
-                rows = [(repr(i.hypervisor), _impl_row(op, i, templates, op.qualname)) for i in op.impls]
-                impl_rows.append((repr(op.qualname), rows))
-                for variant in op.variants:
-                    owner = f"{op.qualname}[{variant.name}]"
-                    variant_rows.append(
-                        repr(
-                            (
-                                op.qualname,
-                                variant.name,
-                                variant.patch_type,
-                                clobber_sets.index(variant.clobbers),
-                                variant.span.location,
-                            )
-                        )
-                    )
-                    impl_rows.append(
-                        (repr(owner), [(repr(i.hypervisor), _impl_row(op, i, templates, owner)) for i in variant.impls])
-                    )
+            tables = _tables(build, arch, templates)
+            document = {"generator": "pvgen", "sources": list(sources), **tables}
+            outputs.append(Output(f"python/pvops_{arch.name}.json", json.dumps(document, indent=1) + "\n", JSON))
             view = {
                 "banner": banner("#", sources),
                 "arch": arch,
-                "nops": tuple(arch.nops),
-                "identity": identity.code.hex() if identity else None,
-                "clobber_bits": dict(arch.clobber_bits),
-                "clobber_sets": clobber_sets,
-                "op_rows": op_rows,
-                "impl_rows": impl_rows,
-                "variant_rows": variant_rows,
-                "groups": [(g.name, g.struct, g.mask_bit) for g in groups],
-                "data": {
-                    h.name: {
-                        f"{g.name}.{d.name}": v.value
-                        for g in groups
-                        for d in g.data
-                        for v in d.values
-                        if v.hypervisor == h.name
-                    }
-                    for h in hypervisors
-                },
-                "hypervisors": [_hypervisor_view(h, arch.name) for h in hypervisors],
-                "mask_cmdline": mask.cmdline if mask else None,
-                "mask_bits": dict(mask.bits) if mask else {},
-                "yields": [(y.name, y.function, y.when, y.hypervisors) for y in yields],
-                "effects": {
-                    op.qualname: {
-                        h.name: [e.expression for e in op.effects if e.hypervisor == h.name] for h in hypervisors
-                    }
-                    for op in ops
-                    if op.effects
-                },
-                "iommu": [
-                    (e.detect, e.depends, e.early_init, e.late_init, e.finish, e.buses, e.found_under)
-                    for e in build.spec.iommu
-                    if e.arch == arch.name
-                ],
+                "identity": tables["identity"],
+                "nops": tables["nops"],
+                "clobber_bits": tables["clobber_bits"],
             }
             text = render_template("python_layer.py.mako", **view)
             outputs.append(Output(f"python/pvops_{arch.name}.py", text, PYTHON))

@@ -3,7 +3,9 @@ ${banner}
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 ARCH = ${repr(arch.name)}
 POINTER_SIZE = ${arch.pointer_size}
@@ -70,40 +72,22 @@ class MaskError(ValueError):
     """A bad forced-native mask on the kernel command line, or one the environment cannot honour."""
 
 
-# The op tables, one row per op, implementation and register variant.
-CLOBBER_SETS = (
-% for clobbers in clobber_sets:
-    ${repr(clobbers)},
-% endfor
-)
+# The tables themselves live beside this module, in pvops_${arch.name}.json (rows, not code).
+_TABLES = json.loads(Path(__file__).with_suffix(".json").read_text())
+# Unique clobber sets, referred to by index from the op and variant rows.
+CLOBBER_SETS = tuple(tuple(registers) for registers in _TABLES["clobber_sets"])
 # name, group, index, category, transfer, callee_save, returns_value, params, clobber set, clobber mask, location
-OP_ROWS = (
-% for row in op_rows:
-    ${row},
-% endfor
-)
+OP_ROWS = tuple(tuple(row) for row in _TABLES["ops"])
 # owner: {hypervisor: (kind, symbol, template hex, inline, preserves_registers, relocations, location)}
-IMPL_ROWS = {
-% for owner, rows in impl_rows:
-    ${owner}: {
-% for hypervisor, row in rows:
-        ${hypervisor}: ${row},
-% endfor
-    },
-% endfor
-}
+IMPL_ROWS = _TABLES["impls"]
 # op, variant, patch type, clobber set, location
-VARIANT_ROWS = (
-% for row in variant_rows:
-    ${row},
-% endfor
-)
+VARIANT_ROWS = tuple(tuple(row) for row in _TABLES["variants"])
 
 
 def _impl(row: tuple) -> Impl:  # type: ignore[type-arg]
     kind, symbol, template, inline, preserves, relocations, location = row
     code = bytes.fromhex(template) if template is not None else None
-    return Impl(kind, symbol, code, inline, preserves, relocations, location)
+    return Impl(kind, symbol, code, inline, preserves, tuple(tuple(r) for r in relocations), location)
 
 
 def _ops() -> tuple[Op, ...]:
@@ -115,8 +99,8 @@ def _ops() -> tuple[Op, ...]:
     for name, group, index, category, transfer, callee_save, returns, params, clobbers, mask, location in OP_ROWS:
         qualname = f"{group}.{name}"
         ops.append(
-            Op(name, group, index, category, transfer, callee_save, returns, params, CLOBBER_SETS[clobbers], mask,
-               impls[qualname], tuple(variants.get(qualname, ())), location)
+            Op(name, group, index, category, transfer, callee_save, returns, tuple(params), CLOBBER_SETS[clobbers],
+               mask, impls[qualname], tuple(variants.get(qualname, ())), location)
         )
     return tuple(ops)
 
@@ -126,21 +110,27 @@ OPS_BY_INDEX = {op.index: op for op in OPS if op.index >= 0}
 OPS_BY_NAME = {f"{op.group}.{op.name}": op for op in OPS}
 
 # (name, C struct, forced-native mask bit)
-GROUPS = ${repr(groups)}
-DATA = ${repr(data)}
+GROUPS = tuple(tuple(row) for row in _TABLES["groups"])
+# hypervisor -> "group.field" -> value of the pv_info-style data fields
+DATA = _TABLES["data"]
 HYPERVISORS = {
-% for h in hypervisors:
-    ${repr(h["name"])}: Hypervisor(${repr(h["name"])}, ${repr(h["execution"])}, ${h["paravirt_enabled"]}, ${repr(h["detections"])}, ${repr(h["native_fallback"])}),
-% endfor
+    row["name"]: Hypervisor(
+        row["name"],
+        row["execution"],
+        row["paravirt_enabled"],
+        tuple(tuple(d) for d in row["detections"]),
+        tuple(row["native_fallback"]),
+    )
+    for row in _TABLES["hypervisors"]
 }
-MASK_CMDLINE = ${repr(mask_cmdline)}
-MASK_BITS = ${repr(mask_bits)}
+MASK_CMDLINE = _TABLES["mask_cmdline"]
+MASK_BITS = _TABLES["mask_bits"]
 # What each op must do under each hypervisor: expressions over the harness's state names.
-EFFECTS = ${repr(effects)}
+EFFECTS = _TABLES["effects"]
 # (name, function, condition, hypervisors that yield)
-YIELDS = ${repr(yields)}
+YIELDS = tuple((n, f, w, tuple(h)) for n, f, w, h in _TABLES["yields"])
 # IOMMU_INIT entries in run order: (detect, depends, early_init, late_init, finish, buses, found_under)
-IOMMU = ${repr(iommu)}
+IOMMU = tuple((d, dep, e, late, fin, tuple(b), tuple(u)) for d, dep, e, late, fin, b, u in _TABLES["iommu"])
 
 
 def select_hypervisor(
