@@ -240,7 +240,9 @@ def out_of_line_symbol(op: Op, hypervisor: str, impl: Impl) -> str:
         if op.callee_save and not impl.preserves_registers:
             return f"__raw_callee_save_{impl.symbol}"
         return impl.symbol or ""
-    owner = hypervisor if impl.location == op.impls[hypervisor].location else "native"
+    # A hypervisor that keeps the native template shares the native body (pvops_tables.c
+    # emits one body per written template, named after the hypervisor that wrote it).
+    owner = "native" if impl.location == op.impls["native"].location else hypervisor
     return f"pvgen_{owner}_{op.group}_{op.name}"
 
 
@@ -263,4 +265,4 @@ def patch_decision(index: int, hypervisor: str, site_length: int, masked: frozen
         return Decision("call", symbol="pvgen_nop", reason="nop that returns a value")
     kind = "jump" if op.transfer == "jump" else "call"
     return Decision(kind, symbol=out_of_line_symbol(op, hypervisor, impl), reason="direct " + kind)
-# pvgen: formatted from 4eda35bd16092b09b428105df92119a46bafe489bb4e2299e3c7593c96cb1175
+# pvgen: formatted from 83f0350adc19af1428c70333334af658fde0edc7030cb3d65ef2ea30e1fe6d68

@@ -202,7 +202,9 @@ def out_of_line_symbol(op: Op, hypervisor: str, impl: Impl) -> str:
         if op.callee_save and not impl.preserves_registers:
             return f"__raw_callee_save_{impl.symbol}"
         return impl.symbol or ""
-    owner = hypervisor if impl.location == op.impls[hypervisor].location else "native"
+    # A hypervisor that keeps the native template shares the native body (pvops_tables.c
+    # emits one body per written template, named after the hypervisor that wrote it).
+    owner = "native" if impl.location == op.impls["native"].location else hypervisor
     return f"pvgen_{owner}_{op.group}_{op.name}"
 
 

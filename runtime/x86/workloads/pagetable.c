@@ -10,6 +10,9 @@
 #define PRESENT 0x1UL
 #define WRITE 0x2UL
 #define FRAME_MASK 0x000ffffffffff000UL
+/* A table entry holds a frame address; the kernel reaches the frame through its direct
+ * map. Here the "physical" frame is the kernel address without its sign extension. */
+#define FRAME_TO_VIRT(entry) ((entry & FRAME_MASK) | 0xfff0000000000000UL)
 
 static pte_t ptes[ENTRIES] __attribute__((aligned(4096)));
 static unsigned long pmds[ENTRIES] __attribute__((aligned(4096)));
@@ -27,8 +30,8 @@ WORKLOAD_ENTRY
 		unsigned int index = seed % ENTRIES;
 		unsigned long frame = (seed >> 12) & 0xfffffUL;
 		/* Walk the upper levels the way a fault handler would. */
-		unsigned long *pmd = (unsigned long *)(root[0] & FRAME_MASK);
-		pte_t *table = (pte_t *)(pmd[0] & FRAME_MASK);
+		unsigned long *pmd = (unsigned long *)FRAME_TO_VIRT(root[0]);
+		pte_t *table = (pte_t *)FRAME_TO_VIRT(pmd[0]);
 		pte_t entry = pv_make_pte((frame << 12) | PRESENT | WRITE);
 		pv_set_pte(&table[index], entry);
 		checksum += pv_pte_val(table[index]) >> 12;
