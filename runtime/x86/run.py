@@ -35,6 +35,7 @@ from pvgen.runtime.x86.hv.base import Environment, ExEntry, GuestCrash, GuestIma
 from pvgen.runtime.x86.hv.xen import START_INFO_VA, XenPv
 from pvgen.runtime.x86.memory import AddressError
 from pvgen.runtime.x86.sensitive import classify
+from pvgen.runtime.yielding import boot_yielding
 
 SCHEMA = "pvgen-x86-run/1"
 STACK_BASE = 0xFFFF_C900_0010_0000
@@ -108,6 +109,7 @@ class RunReport:
             "environment": {"execution": self.execution, "cpl": self.cpl, "options": dict(self.options)},
             "cmdline": self.cmdline,
             "patched": self.patched,
+            "yielding": boot_yielding(layer, self.detected).to_json(),
             "mask": {
                 "groups": list(self.mask),
                 "bits": sum(1 << layer.MASK_BITS[g] for g in self.mask),
@@ -191,6 +193,11 @@ def format_report(report: RunReport) -> str:
             lines.append(f"{title:<12}{tally['total']}: {detail}")
     if counts["events"]["raised"] or counts["events"]["delivered"]:
         lines.append(f"events      raised {counts['events']['raised']}, delivered {counts['events']['delivered']}")
+    yielding = boot_yielding(layer, report.detected)
+    yielded = ", ".join(f"{rule} ({function})" for rule, function in yielding.yielded) or "nothing"
+    iommus = ", ".join(step.detect for step in yielding.iommu if step.found) or "none"
+    lines.append(f"yielding    paravirt_enabled() {'true' if yielding.paravirt_enabled else 'false'}; yields {yielded}")
+    lines.append(f"iommu       found {iommus}; iommu_present(pci) {yielding.iommu_present('pci')}")
     if report.mask_cost is not None:
         cost = ", ".join(f"{k} {v:+,.0f}" for k, v in report.mask_cost.items())
         lines.append(f"mask cost   {cost} (against the same run without the mask)")
