@@ -537,11 +537,12 @@ def test_report_json_is_stable_and_complete(images: dict[tuple[str, str], Path])
     assert data["schema"] == "pvgen-x86-run/1"
     assert set(data) == {
         "schema", "cost_model", "image", "hypervisor", "detected", "detection", "environment", "cmdline",
-        "patched", "mask", "result", "counts", "boot", "sites", "ops", "pv_info", "console",
+        "patched", "yielding", "mask", "result", "counts", "boot", "sites", "ops", "pv_info", "console",
     }  # fmt: skip
     assert data["result"]["rax"] == report.rax and data["result"]["reason"] == "return"
     assert data["mask"]["groups"] == ["lock"] and data["mask"]["bits"] == 1 << layer.MASK_BITS["lock"]
     assert set(data["mask"]["cost"]) == {"cycles", "instructions", "vm_exits", "traps", "hypercalls"}
+    assert data["yielding"]["paravirt_enabled"] and data["yielding"]["yielded"][0]["rule"] == "microcode_loader"
     counts = data["counts"]
     assert counts["instructions"] == report.instructions > 0
     assert counts["cycles"] == pytest.approx(sum(counts["cycles_by_source"].values()), abs=1)
