@@ -5,7 +5,9 @@ Sections (each figure is the median of several runs taken in this one run of the
    run on bare metal unpatched and patched; instructions and cycles as ratios to native mode;
 2. paravirt gain: the native-mode image (whose sensitive instructions trap) against the
    paravirt image under HVM (KVM) and Xen PV; cycles, exits and hypercalls;
-3. CPU model speed: guest instructions per second against unicorn on the same images;
+3. CPU model speed: guest instructions per second against unicorn on the same images, and IA-64
+   instructions per second on the handler loop (the runtime part lives in pvgen.runtime.x86.bench;
+   plots: runtime_overhead and runtime_gain, PNG and SVG);
 4. compiler: `pvgen check` and `pvgen build` cold and with nothing changed, synthetic specs
    of 1k, 10k and 100k ops with a plot of time against ops, and peak memory.
 A figure that misses its target is marked MISS in the table.
@@ -33,6 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from synth import write_spec  # noqa: E402
+
+# Progress steps of the runtime part: 4 workloads x (overhead, gain, speed), 3 micro ops, 2 IA-64.
+RUNTIME_STEPS = 17
 
 
 class Progress:
@@ -175,12 +180,64 @@ def plot_synthetic(synthetic: list[dict[str, Any]], out: Path) -> list[str]:
     axes.set_title("Checking time against spec size")
     axes.legend()
     figure.tight_layout()
+    names = _save(figure, out, "compiler_scaling")
+    plt.close(figure)
+    return names
+
+
+def _save(figure: Any, out: Path, stem: str) -> list[str]:
     names = []
     for suffix in ("png", "svg"):
-        path = out / f"compiler_scaling.{suffix}"
+        path = out / f"{stem}.{suffix}"
         figure.savefig(path, **({"metadata": {"Date": None}} if suffix == "svg" else {}))
         names.append(path.name)
+    return names
+
+
+def plot_runtime(data: dict[str, Any] | None, out: Path) -> list[str]:
+    """Section 1: cycle ratios per workload; section 2: cycles of both images under KVM and Xen."""
+    if not data or not data.get("native_overhead"):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcParams["svg.hashsalt"] = "pvgen"
+    names: list[str] = []
+    rows = data["native_overhead"]
+    workloads = [r["workload"] for r in rows]
+    x = list(range(len(workloads)))
+    figure, axes = plt.subplots(figsize=(7, 4))
+    width = 0.38
+    axes.bar([i - width / 2 for i in x], [r["cycle_ratio_unpatched"] for r in rows], width, label="unpatched")
+    axes.bar([i + width / 2 for i in x], [r["cycle_ratio_patched"] for r in rows], width, label="patched")
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.axhline(data.get("overhead_target", 1.005), color="red", linestyle="--", linewidth=0.8, label="target")
+    axes.set_xticks(x, workloads)
+    axes.set_ylim(bottom=0.9)
+    axes.set_ylabel("cycles / native-mode image")
+    axes.set_title("Native overhead on bare metal (paravirt image / native-mode image)")
+    axes.legend()
+    figure.tight_layout()
+    names += _save(figure, out, "runtime_overhead")
     plt.close(figure)
+
+    gain = data.get("paravirt_gain") or []
+    if gain:
+        labels = [f"{r['workload']}\n{r['hypervisor']}" for r in gain]
+        x = list(range(len(gain)))
+        figure, axes = plt.subplots(figsize=(9, 4))
+        axes.bar([i - width / 2 for i in x], [r["native_image"]["cycles"] for r in gain], width, label="native-mode")
+        axes.bar([i + width / 2 for i in x], [r["paravirt_image"]["cycles"] for r in gain], width, label="paravirt")
+        axes.set_xticks(x, labels)
+        axes.set_yscale("log")
+        axes.set_ylabel("cycles (cost model)")
+        axes.set_title("Native-mode vs paravirt image under KVM and Xen PV")
+        axes.legend()
+        figure.tight_layout()
+        names += _save(figure, out, "runtime_gain")
+        plt.close(figure)
     return names
 
 
@@ -203,7 +260,7 @@ def machine() -> str:
 def write_report(out: Path, compiler: dict[str, Any], runtime: dict[str, Any], plots: list[str], about: str) -> None:
     lines = ["# pvgen benchmark report", "", f"Machine and versions: {about}", "", "## Compiler", "", "```"]
     lines += [table(compiler), "```", ""]
-    lines += [f"![checking time against spec size]({p})" for p in plots if p.endswith(".png")]
+    lines += [f"![checking time against spec size]({p})" for p in plots if p == "compiler_scaling.png"]
     if runtime.get("markdown"):
         lines += ["", runtime["markdown"]]
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -221,10 +278,10 @@ def main() -> None:
     sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
     runs = 3 if args.quick else args.runs
     args.out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(4 + len(sizes) + 1)
+    progress = Progress(4 + len(sizes) + RUNTIME_STEPS)
     compiler = compiler_section(runs, sizes, progress)
     runtime = runtime_sections(progress, args.quick)
-    plots = plot_synthetic(compiler["synthetic"], args.out)
+    plots = plot_synthetic(compiler["synthetic"], args.out) + plot_runtime(runtime.get("data"), args.out)
     about = machine()
     print(f"Machine and versions: {about}\n")
     print(table(compiler))
