@@ -44,7 +44,7 @@ IF = 0x200
 # Which checks the models can run per arch: the generated suites skip the others, saying so.
 SUPPORTED = {
     "x86_64": frozenset({"decodes", "fits", "clobbers", "site", "native_body", "effect"}),
-    "ia64": frozenset({"decodes", "fits", "clobbers"}),
+    "ia64": frozenset({"decodes", "fits", "clobbers", "site", "effect"}),  # native_body: no ia64 gcc
 }
 
 
@@ -53,8 +53,8 @@ def supports(check: str, arch: str) -> bool:
 
 
 def can_check_effect(arch: str, hypervisor: str, qualname: str) -> bool:
-    """Effects run on the model where the implementation is a template (calls need the guest library)."""
-    return supports("effect", arch) and _op(arch, qualname).impls[hypervisor].template is not None
+    """Effects run wherever the implementation can be called: templates and guest-library calls alike."""
+    return supports("effect", arch)
 
 
 def check_mask_and_yield(arch: str, hypervisor: str) -> None:
@@ -202,13 +202,13 @@ def _x86_cpu() -> Any:
     return cpu
 
 
-def _arguments(op: Any, rng: random.Random) -> list[int]:
+def _arguments(op: Any, rng: random.Random, data: int = DATA) -> list[int]:
     """Argument values: pointers into the data page; other values page-frame-like (a page-table
     entry, a CR3 value) with the interrupt-flag bit random, so flag and CR ops see legal inputs."""
     values = []
     for index, _name in enumerate(op.params):
         if _looks_like_pointer(op, index):
-            values.append(DATA + 0x100 + 8 * rng.randrange(32))
+            values.append(data + 0x100 + 8 * rng.randrange(32))
         else:
             values.append(rng.getrandbits(39) << 12 | rng.choice((0, IF)))
     return values
@@ -245,7 +245,8 @@ def _run_x86(cpu: Any, code: bytes, entry: int = CODE) -> Any:
 
 def check_clobbers(arch: str, hypervisor: str, qualname: str, seed: int = 1) -> None:
     if arch != "x86_64":
-        return _check_clobbers_static(arch, hypervisor, qualname)
+        _check_clobbers_static(arch, hypervisor, qualname)
+        return _check_clobbers_ia64(hypervisor, qualname, seed)
     op = _op(arch, qualname)
     cpu = _x86_cpu()
     before = _seed(cpu, op, seed)
@@ -271,6 +272,41 @@ def _check_clobbers_static(arch: str, hypervisor: str, qualname: str) -> None:
     assert not extra, f"{_where(op, hypervisor)}: writes {extra} outside the clobbers {list(op.clobbers)}"
 
 
+def _check_clobbers_ia64(hypervisor: str, qualname: str, seed: int) -> None:
+    """IA64: random GR/PR/BR, the template run on the model; nothing outside the clobbers changes."""
+    from pvgen.runtime.ia64 import effects
+
+    effects.use(layer("ia64"))
+    op = _op("ia64", qualname)
+    cpu, env = effects.template(op, hypervisor)
+    effects.seed(cpu, op, random.Random(seed), registers=True)
+    clobbers = frozenset(op.clobbers) | {"r8", "b0"}  # r8: the result; b0: the harness's return
+    before = effects.state(cpu, env, clobbers)
+    effects.run(cpu, _where(op, hypervisor))
+    after = effects.state(cpu, env, clobbers)
+    changed = sorted(k for k in before if k not in ("psr.i", "psr.ic", "rr") and before[k] != after[k])
+    assert not changed, f"{_where(op, hypervisor)}: changes {changed}, clobbers are {list(op.clobbers)}"
+
+
+def _site_equivalence_ia64(hypervisor: str, qualname: str, seed: int) -> None:
+    """IA64: the unpatched stub through the descriptor and the patched site agree outside the clobbers."""
+    from pvgen.runtime.ia64 import effects
+
+    effects.use(layer("ia64"))
+    op = _op("ia64", qualname)
+    if not op.impls[hypervisor].inline:
+        return
+    states = []
+    for patched in (False, True):
+        cpu, env = effects.site(op, hypervisor, patched)
+        effects.seed(cpu, op, random.Random(seed), registers=True)
+        effects.run(cpu, f"{_where(op, hypervisor)}, {'patched' if patched else 'unpatched'}")
+        states.append(effects.state(cpu, env, frozenset(op.clobbers)))
+    mine, theirs = states
+    differ = sorted(k for k in mine if mine[k] != theirs[k])
+    assert not differ, f"{_where(op, hypervisor)}: patched and unpatched sites differ in {differ}"
+
+
 def _state(cpu: Any, op: Any) -> dict[str, Any]:
     allowed = set(op.clobbers) | {"rsp"}
     state: dict[str, Any] = {r: cpu.reg(r) for r in GPRS if r not in allowed}
@@ -283,7 +319,7 @@ def _state(cpu: Any, op: Any) -> dict[str, Any]:
 def check_site_equivalence(arch: str, hypervisor: str, qualname: str, seed: int = 2) -> None:
     """The patched site (template inline) and the unpatched one (indirect call to the body) agree."""
     if arch != "x86_64":
-        return None
+        return _site_equivalence_ia64(hypervisor, qualname, seed)
     op = _op(arch, qualname)
     impl = op.impls[hypervisor]
     if not impl.inline:
@@ -351,55 +387,35 @@ def check_native_body(arch: str, qualname: str) -> None:
 # -- effects ----------------------------------------------------------------------------------
 
 
-class _X86View:
-    """The names an x86-64 effect expression reads, after the op ran."""
-
-    def __init__(self, cpu: Any, arguments: list[int], environment: Any = None) -> None:
-        self.cpu = cpu
-        self.arguments = arguments
-        self.environment = environment
-
-    def names(self) -> dict[str, Any]:
-        cpu = self.cpu
-        env = self.environment
-        view = env.effect_view(cpu) if env is not None and hasattr(env, "effect_view") else {}
-        names: dict[str, Any] = {
-            "IF": bool(cpu.rflags & IF),
-            "mask": 0,
-            "pending": 0,
-            "ret": cpu.reg("rax"),
-            "cr0": cpu.cr0,
-            "cr2": cpu.cr2,
-            "cr3": cpu.cr3,
-            "cr4": cpu.cr4,
-            "hypercalls": (),
-            "exits": 0,
-            "upcalls": 0,
-            "mem8": lambda a: cpu.memory.read(a, 1)[0],
-            "mem16": lambda a: int.from_bytes(cpu.memory.read(a, 2), "little"),
-            "mem32": lambda a: int.from_bytes(cpu.memory.read(a, 4), "little"),
-            "mem64": lambda a: int.from_bytes(cpu.memory.read(a, 8), "little"),
-            "flushed": lambda a: any(x >> 12 == a >> 12 for x in cpu.invlpg_log),
-        }
-        names.update({f"arg{i}": value for i, value in enumerate(self.arguments)})
-        names.update(view)
-        return names
-
-
 def check_effect(arch: str, hypervisor: str, qualname: str, expression: str, seed: int = 3) -> None:
-    """Runs the op's template under the bare-metal model and evaluates the declared effect."""
+    """Runs the op's implementation under the hypervisor's environment and evaluates the declared effect."""
     op = _op(arch, qualname)
-    impl = op.impls[hypervisor]
-    if arch != "x86_64" or impl.template is None:
-        return None
-    cpu = _x86_cpu()
-    _seed(cpu, op, seed)
-    if op.name == "irq_enable":
-        cpu.rflags = 0x2  # start with interrupts off, so enabling is visible
-    arguments = [cpu.reg(r) for r in ARGS[: len(op.params)]]
-    _run_x86(cpu, impl.template + b"\xc3")
-    names = _X86View(cpu, arguments).names()
+    if arch == "x86_64":
+        names = _x86_effect_names(op, hypervisor, seed)
+    else:
+        from pvgen.runtime.ia64 import effects as ia64_effects
+
+        ia64_effects.use(layer(arch))
+        names = ia64_effects.effect_names(layer(arch), op, hypervisor, seed, irqs_on=op.name != "ssm_i")
     # The checker has already restricted the expression to comparisons over these names.
     outcome = eval(compile(expression, "<effect>", "eval"), {"__builtins__": {}}, names)
-    assert outcome, f"{_where(op, hypervisor)}: effect `{expression}` does not hold"
+    shown = {k: v for k, v in names.items() if not callable(v) and k in expression}
+    assert outcome, f"{_where(op, hypervisor)}: effect `{expression}` does not hold ({shown})"
     return None
+
+
+def _x86_effect_names(op: Any, hypervisor: str, seed: int) -> dict[str, Any]:
+    """Boots the harness image under the hypervisor, calls the op's table-slot target, reads the names."""
+    from pvgen.runtime.x86 import effects as x86_effects
+
+    rng = random.Random(seed)
+    arguments = _arguments(op, rng, x86_effects.DATA)
+    data = bytearray(rng.getrandbits(8) for _ in range(x86_effects.DATA_SIZE))
+    for index, name in enumerate(op.params):
+        if name == "lock":  # an unlock is called by the holder: the lock byte is _Q_LOCKED_VAL
+            data[arguments[index] - x86_effects.DATA] = 1
+    # Start with interrupts off for irq_enable, so that enabling them is visible.
+    outcome = x86_effects.call_op(
+        GENERATED, layer("x86_64"), op, hypervisor, arguments, bytes(data), irqs_on=op.name != "irq_enable"
+    )
+    return outcome.names()
