@@ -188,22 +188,27 @@ def test_x86_paravirt_sites_match_the_ir(real: Rendered, tmp_path: Path) -> None
         label, start, kind = site_relocs[number * SITE_RECORD]
         assert (label, kind) == (".text", 1), site  # R_X86_64_64 against the site
         index, length, clobbers = record[8], record[9], int.from_bytes(record[10:12], "little")
-        assert (index, length, clobbers) == (site.op.index, arch.site_size, site.clobbers), site
+        assert (index, clobbers) == (site.op.index, site.clobbers), site
         assert record[12:] == bytes(4)
-        opcode = b"\xff\x25" if site.op.transfer == "jump" else b"\xff\x15"
-        assert text[start : start + 2] == opcode, site
-        assert text_relocs[start + 2] == ("pv_ops", site.op.index * arch.pointer_size - 4, 2), site  # PC32
-        # The registers saved around the site, and nothing more the op may clobber.
+        # The site is the whole sequence (PARA_SITE): the saves, the indirect call, the move
+        # of a result, the restores; nothing more the op may clobber is saved outside it.
         position = starts.index(start)
-        before = instructions[position - len(site.saved) : position]
+        before = instructions[position : position + len(site.saved)]
         assert [f"{i.mnemonic} {i.op_str}" for i in before] == [f"push {r}" for r in site.saved], site
-        previous = instructions[position - len(site.saved) - 1]
-        assert not (previous.mnemonic == "push" and previous.op_str in site.op.clobbers), site
-        after = instructions[position + 1 :]
+        previous = instructions[position - 1] if position else None
+        assert previous is None or not (previous.mnemonic == "push" and previous.op_str in site.op.clobbers), site
+        call = instructions[position + len(site.saved)]
+        opcode = b"\xff\x25" if site.op.transfer == "jump" else b"\xff\x15"
+        assert text[call.address : call.address + 2] == opcode, site
+        assert text_relocs[call.address + 2] == ("pv_ops", site.op.index * arch.pointer_size - 4, 2), site  # PC32
+        assert call.size == arch.site_size, site
+        after = instructions[position + len(site.saved) + 1 :]
         if after and after[0].mnemonic == "mov" and after[0].op_str.endswith(", rax"):
             after = after[1:]  # GET_CR2_INTO: the result moves to the output register first
-        popped = [f"{i.mnemonic} {i.op_str}" for i in after[: len(site.saved)]]
-        assert popped == [f"pop {r}" for r in reversed(site.saved)], site
+        popped = after[: len(site.saved)]
+        assert [f"{i.mnemonic} {i.op_str}" for i in popped] == [f"pop {r}" for r in reversed(site.saved)], site
+        end = popped[-1].address + popped[-1].size if popped else call.address + call.size
+        assert length == end - start, site
 
 
 def test_x86_native_mode_has_no_sites(real: Rendered, tmp_path: Path) -> None:

@@ -316,6 +316,94 @@ def test_sites_are_patched_by_kind(images: dict[tuple[str, str], Path]) -> None:
     assert set(unpatched.sites) == {"indirect"} and unpatched.ops["irq.irq_disable"].calls == 400
 
 
+def test_asm_macro_sites_cover_the_saves_and_restores(images: dict[tuple[str, str], Path]) -> None:
+    """A SWAPGS site is the pushes, the call and the pops (PARA_SITE); patching replaces all of it."""
+    path = images["switch", "paravirt"]
+    sites = [site for site in boot.read_sites(path) if site.index == layer.OPS_BY_NAME["cpu.swapgs"].index]
+    assert len(sites) == 2
+    saves = bytes.fromhex("50 51 52 56 57 4150 4151 4152 4153")  # %rax %rcx %rdx %rsi %rdi %r8-%r11
+    restores = bytes.fromhex("415b 415a 4159 4158 5f 5e 5a 59 58")
+    machine, _ = boot_machine(path, "native", patch=False)
+    for site in sites:
+        data = machine.cpu.memory.read(site.address, site.length)
+        assert data[: len(saves)] == saves and data[len(saves) : len(saves) + 2] == b"\xff\x15"
+        assert data[len(saves) + 6 :] == restores and site.length == len(saves) + 6 + len(restores)
+    nops = set(layer.NOPS)
+    for hypervisor, head in (("native", b"\x0f\x01\xf8"), ("xen", b"")):
+        machine, _ = boot_machine(path, hypervisor, patch=True)
+        for site in sites:
+            data = machine.cpu.memory.read(site.address, site.length)
+            assert data == head + boot.nop_fill(layer.NOPS, site.length - len(head)), hypervisor
+            assert all(nop in nops for nop in _split_nops(data[len(head) :])), hypervisor
+
+
+def _split_nops(data: bytes) -> list[bytes]:
+    out, position = [], 0
+    while position < len(data):
+        nop = next(n for n in sorted(layer.NOPS, key=len, reverse=True) if data.startswith(n, position))
+        out.append(nop)
+        position += len(nop)
+    return out
+
+
+def _patch_one(hypervisor: str, qualname: str, code: bytes, clobbers: int) -> tuple[boot.PatchReport, bytes]:
+    """patch_sites on one synthetic site at 0x1000 (pv_ops at 0x8000, every symbol at 0x9000)."""
+    op = layer.OPS_BY_NAME[qualname]
+    memory = bytearray(0x100)
+    memory[0 : len(code)] = code
+    table = {qualname: boot.implementation_symbol(layer, op, hypervisor, frozenset())}
+    symbols = {"pv_ops": 0x8000, table[qualname]: 0x9000}
+    written: dict[int, bytes] = {}
+
+    def read(address: int, size: int) -> bytes:
+        return bytes(memory[address - 0x1000 : address - 0x1000 + size])
+
+    def write(address: int, data: bytes) -> None:
+        written[address] = data
+
+    site = boot.SiteRecord(0x1000, op.index, len(code), clobbers)
+    report = boot.patch_sites(layer, hypervisor, frozenset(), [site], symbols, read, write, table)
+    return report, written[0x1000]
+
+
+def _call(qualname: str, offset: int) -> bytes:
+    op = layer.OPS_BY_NAME[qualname]
+    return b"\xff\x15" + struct.pack("<i", 0x8000 + op.index * 8 - (0x1000 + offset + 6))
+
+
+def test_whole_sites_are_patched_safely() -> None:
+    disable = b"\x50" + _call("irq.irq_disable", 1) + b"\x58"  # DISABLE_INTERRUPTS(CLBR_NONE)
+    _, data = _patch_one("native", "irq.irq_disable", disable, 0x1)
+    assert data == b"\xfa" + boot.nop_fill(layer.NOPS, 7)  # cli writes no register: the push and pop go
+    # xen_irq_disable_direct keeps every register but %rax: the %rax save stays around the direct call.
+    report, data = _patch_one("xen", "irq.irq_disable", disable, 0x1)
+    assert report.by_kind == {"call": 1}
+    assert data == b"\x50\xe8" + struct.pack("<i", 0x9000 - 0x1006) + b"\x58\x90"
+    # A template that writes a saved register (pushfq; popq %rax) stays inside the saves.
+    save = b"\x50" + _call("irq.save_fl", 1) + b"\x58"
+    _, data = _patch_one("native", "irq.save_fl", save, 0x1)
+    assert data == b"\x50\x9c\x58" + boot.nop_fill(layer.NOPS, 4) + b"\x58"
+    # GET_CR2_INTO(%rdx): mov %cr2, %rax stays inside the saves; Xen's plain C call keeps them all too.
+    saves = (0, 1, 6, 7, 8, 9, 10, 11)  # all but %rdx
+    pushes = b"".join(bytes([0x41, 0x50 + r - 8]) if r >= 8 else bytes([0x50 + r]) for r in saves)
+    pops = b"".join(bytes([0x41, 0x58 + r - 8]) if r >= 8 else bytes([0x58 + r]) for r in reversed(saves))
+    cr2 = pushes + _call("mmu.read_cr2", len(pushes)) + b"\x48\x89\xc2" + pops
+    _, data = _patch_one("native", "mmu.read_cr2", cr2, 0x1FF)
+    assert data == pushes + b"\x0f\x20\xd0" + boot.nop_fill(layer.NOPS, 3) + b"\x48\x89\xc2" + pops
+    _, data = _patch_one("xen", "mmu.read_cr2", cr2, 0x1FF)
+    call = b"\xe8" + struct.pack("<i", 0x9000 - (0x1000 + len(pushes) + 5))
+    assert data == pushes + call + b"\x48\x89\xc2" + pops + b"\x90"
+
+
+def test_a_site_whose_saves_do_not_match_is_refused() -> None:
+    unbalanced = b"\x50" + _call("irq.irq_disable", 1) + b"\x59"  # push %rax ... pop %rcx
+    with pytest.raises(BootError, match=r"site at 0x1000 for irq\.irq_disable is not the expected indirect call"):
+        _patch_one("native", "irq.irq_disable", unbalanced, 0x1)
+    elsewhere = b"\x50" + _call("irq.irq_enable", 1) + b"\x58"  # through another op's slot
+    with pytest.raises(BootError, match=r"site at 0x1000 for irq\.irq_disable is not the expected"):
+        _patch_one("native", "irq.irq_disable", elsewhere, 0x1)
+
+
 def test_unpatched_sites_keep_the_indirect_call(images: dict[tuple[str, str], Path]) -> None:
     machine, _ = boot_machine(images["sched", "paravirt"], "native", patch=False)
     for site in boot.read_sites(images["sched", "paravirt"]):

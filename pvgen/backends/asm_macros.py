@@ -25,6 +25,7 @@ from pvgen.backends import ASM, Output, banner, render_template
 TABLE_SYMBOL = "pv_ops"  # the C backend's `struct pv_ops_template pv_ops`
 SITES_SECTION = ".pvgen.sites"
 SITE_RECORD_SIZE = 16  # .quad site; .byte index; .byte length; .short clobbers; padded to 8
+# A site covers the saves, the call and the restores; its clobbers are what the call may write.
 GAS_PREFIX = "__pvgen_"
 NATIVE_MODE = "PVGEN_NATIVE"  # the brief's spelling of PVGEN_INSTANCE_NATIVE on x86
 KR_COUNT = 8  # IA64 kernel registers ar.k0-ar.k7 (docs/language.md, kind `kr`)
@@ -261,11 +262,15 @@ class _SiteForm:
         site = self.arch.site_jump if op.transfer == "jump" else self.arch.site_call
         if site is None:
             return [f'\t.error "pvgen: {macro.name}: arch {self.arch.name} declares no site_jump for {op.qualname}"']
-        lines = [line for guards, reg in saves for line in self._guarded(guards, f"pushq %{reg}")]
-        lines += [".Lpvgen_site_\\@:", "\t" + site.replace("{slot}", slot), ".Lpvgen_site_end_\\@:"]
+        # The site is the whole sequence, as Linux's PARA_SITE: the saves, the indirect call
+        # (and the move of a result) and the restores, so patching can replace all of it.
+        lines = [".Lpvgen_site_\\@:"]
+        lines += [line for guards, reg in saves for line in self._guarded(guards, f"pushq %{reg}")]
+        lines.append("\t" + site.replace("{slot}", slot))
         if outputs and op.returns.kind != "void":
             lines.append(f"\tmovq %{self.arch.returns[0]}, \\{outputs[0].name}")
         lines += [line for guards, reg in reversed(saves) for line in self._guarded(guards, f"popq %{reg}")]
+        lines.append(".Lpvgen_site_end_\\@:")
         recorded = f"{_bits(self.arch, op.clobbers):#x}"
         if clobbers is not None:
             recorded = f"(\\{clobbers.name})" + (f" | {recorded}" if recorded != "0x0" else "")

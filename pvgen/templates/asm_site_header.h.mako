@@ -6,12 +6,14 @@ ${view.banner}\
  *   ${line}
 % endfor
  *
- * A site covers only its call or jmp instruction (${view.site_size} bytes), as the C wrappers'
- * sites do, and has a ${view.record_size}-byte record in section ${view.section}:
+ * As Linux's PARA_SITE, a site covers the whole sequence: the registers saved before the
+ * call (PV_SAVE_REGS: those the op may clobber that the caller's clobbers do not allow),
+ * the ${view.site_size}-byte call or jmp through ${view.table}, the move of a result, and the
+ * restores (PV_RESTORE_REGS). Each site has a ${view.record_size}-byte record in section ${view.section}:
  *   .balign 8; .quad site; .byte op index; .byte site length; .short clobbers; .balign 8
- * where clobbers holds the CLBR_* bits of the registers the code at the site may clobber.
- * Registers the op may clobber that the caller's clobbers do not allow are saved around
- * the site (PV_SAVE_REGS / PV_RESTORE_REGS).
+ * where clobbers holds the CLBR_* bits of the registers the call may clobber (the caller's
+ * clobbers and the saved registers). Patching may replace the whole site: an inline
+ * template then writes only registers the caller's clobbers allow.
  */
 #ifndef ${view.guard}
 #define ${view.guard}

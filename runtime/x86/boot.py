@@ -2,10 +2,14 @@
 
 This is apply_paravirt made explicit. The op table (`pv_ops` in guest memory) is filled
 from the generated Python layer; each `.pvgen.sites` record is checked against the bytes
-it describes (the 6-byte `ff 15 rel32` indirect call through the op's slot, or `ff 25`
-for a jump-type op) and then rewritten: the inline template when it fits, a direct
-`e8`/`e9 rel32` call or jump to the implementation, NOPs for an op that does nothing, or
-left as the indirect call. The rest of the site is padded with the arch's NOP forms.
+it describes and then rewritten. A site is the 6-byte `ff 15 rel32` indirect call through
+the op's slot (`ff 25` for a jump-type op); an asm macro's site also covers, as Linux's
+PARA_SITE does, the registers pushed before the call, a `mov %rax, reg` of the result and
+the pops after it. The rewrite: the inline template over the whole site when it writes only
+registers the caller's clobbers allow (else in place of the call, the saves kept), a direct
+`e8`/`e9 rel32` call or jump (the saves kept, but for the return register when the target
+preserves the others), NOPs for an op that does nothing, or left as the indirect call. The
+rest of the site is padded with the arch's NOP forms.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ SITES_SECTION = ".pvgen.sites"
 TABLE_SYMBOL = "pv_ops"
 RECORD = struct.Struct("<QBBH4x")  # instr address, op index, site length, clobbers; 16 bytes
 UD2 = b"\x0f\x0b"  # what a site of an op with no implementation becomes (Linux: ud2a, then BUG)
+CALL_SIZE = 6  # ff 15 rel32 / ff 25 rel32
+GPR64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 
 
 class BootError(Exception):
@@ -35,6 +41,107 @@ class SiteRecord:
     index: int
     length: int
     clobbers: int
+
+
+@attrs.frozen
+class SiteShape:
+    """The parts of a site: pushes, the indirect call, an optional result move, pops."""
+
+    saves: tuple[int, ...]  # register numbers pushed before the call, in order
+    call: int  # offset of the indirect call in the site
+    move: bytes  # `mov %rax, reg` after the call (a macro with an output), or b""
+
+    @property
+    def restores(self) -> int:
+        """Offset of the first pop."""
+        return self.call + CALL_SIZE + len(self.move)
+
+
+def _push(register: int) -> bytes:
+    return (b"\x41" if register >= 8 else b"") + bytes([0x50 + (register & 7)])
+
+
+def _pop(register: int) -> bytes:
+    return (b"\x41" if register >= 8 else b"") + bytes([0x58 + (register & 7)])
+
+
+def _stack_ops(data: bytes, base: int) -> tuple[list[int], int]:
+    """The registers of the push (`base` 0x50) or pop (0x58) instructions at the start of `data`."""
+    registers, position = [], 0
+    while position < len(data):
+        if base <= data[position] < base + 8:
+            registers.append(data[position] - base)
+            position += 1
+        elif data[position] == 0x41 and position + 1 < len(data) and base <= data[position + 1] < base + 8:
+            registers.append(8 + data[position + 1] - base)
+            position += 2
+        else:
+            break
+    return registers, position
+
+
+def parse_site(data: bytes, opcode: bytes, slot: int, address: int) -> SiteShape | None:
+    """The shape of a site's bytes, or None unless they are pushes, `opcode` rel32 to `slot`,
+    an optional `mov %rax, reg`, and the pops of the pushed registers in reverse order."""
+    saves, call = _stack_ops(data, 0x50)
+    expected = opcode + struct.pack("<i", slot - (address + call + CALL_SIZE))
+    if data[call : call + CALL_SIZE] != expected:
+        return None
+    rest = data[call + CALL_SIZE :]
+    move = b""
+    if len(rest) >= 3 and rest[0] in (0x48, 0x49) and rest[1] == 0x89 and rest[2] & 0xF8 == 0xC0:
+        move = rest[:3]  # REX.W(.B) 89 /r, reg field %rax, register destination
+        rest = rest[3:]
+    pops, end = _stack_ops(rest, 0x58)
+    if end != len(rest) or pops != saves[::-1] or 4 in saves:
+        return None
+    return SiteShape(tuple(saves), call, move)
+
+
+def _register_bits(layer: ModuleType, registers: Sequence[int]) -> int | None:
+    """The clobber bits of registers (None if one has no bit, so cannot be allowed)."""
+    bits = 0
+    for register in registers:
+        bit = layer.CLOBBER_BITS.get(GPR64[register])
+        if bit is None:
+            return None
+        bits |= 1 << bit
+    return bits
+
+
+def template_writes(code: bytes) -> tuple[int, ...] | None:
+    """The general registers an inline template writes (%rsp aside: templates keep the stack
+    balanced), or None if it cannot be decoded."""
+    import capstone
+
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    written: set[int] = set()
+    size = 0
+    for insn in md.disasm(code, 0):
+        size += insn.size
+        for reg in insn.regs_access()[1]:
+            name = insn.reg_name(reg)
+            number = _GPR_NUMBERS.get(name)
+            if number is not None and number != 4:
+                written.add(number)
+    return tuple(sorted(written)) if size == len(code) else None
+
+
+def _gpr_numbers() -> dict[str, int]:
+    names = {name: number for number, name in enumerate(GPR64)}
+    for number, stem in enumerate(("ax", "cx", "dx", "bx", "sp", "bp", "si", "di")):
+        names["e" + stem] = names[stem] = number
+    for number, name in enumerate(("al", "cl", "dl", "bl", "spl", "bpl", "sil", "dil")):
+        names[name] = number
+    for number, name in enumerate(("ah", "ch", "dh", "bh")):
+        names[name] = number
+    for number in range(8, 16):
+        names[f"r{number}d"] = names[f"r{number}w"] = names[f"r{number}b"] = number
+    return names
+
+
+_GPR_NUMBERS = _gpr_numbers()
 
 
 @attrs.frozen
@@ -130,20 +237,23 @@ def patch_sites(
         current = read(site.address, site.length)
         opcode = b"\xff\x25" if op.transfer == "jump" else b"\xff\x15"
         slot = base + op.index * layer.POINTER_SIZE  # type: ignore[operator]
-        expected = opcode + struct.pack("<i", slot - (site.address + 6))
-        if site.length != 6 or current != expected:
+        shape = parse_site(current, opcode, slot, site.address)
+        if shape is None:
+            expected = opcode + struct.pack("<i", slot - (site.address + CALL_SIZE))
             raise BootError(
                 f"site at {site.address:#x} for {qualname} is not the expected indirect call: found "
-                f"{current.hex(' ')}, expected {expected.hex(' ')}"
+                f"{current.hex(' ')}, expected {expected.hex(' ')} (after any pushes, rel32 from its end; "
+                "then the pops in reverse)"
             )
-        key = (site.index, site.length)
-        decision = decisions.get(key)
+        decision = decisions.get(site.index)
         if decision is None:
-            decision = _decide(layer, op, hypervisor, masked, site.length, table.get(qualname, ""))
-            decisions[key] = decision
+            decision = _decide(layer, op, hypervisor, masked, CALL_SIZE, table.get(qualname, ""))
+            decisions[site.index] = decision
         if isinstance(decision, bytes):
             code = decision
             kind = "inline" if code and code != UD2 else ("bug" if code == UD2 else "nop")
+            if kind == "inline" and not _inline_covers_site(layer, code, site, shape):
+                code = _around(current, shape, code + nop_fill(nops, CALL_SIZE - len(code)), shape.saves)
         else:
             kind, symbol = decision
             if kind == "indirect":
@@ -153,10 +263,16 @@ def patch_sites(
             target = symbols.get(symbol)
             if target is None:
                 raise BootError(f"site at {site.address:#x} for {qualname} calls '{symbol}', which the image lacks")
-            delta = target - (site.address + 5)
+            saves = shape.saves
+            impl = layer.effective_impl(op, hypervisor, masked)
+            if impl.kind == "call" and impl.preserves_registers and symbol == impl.symbol:
+                returns = {GPR64.index(r) for r in layer.RETURN_REGISTERS}
+                saves = tuple(r for r in saves if r in returns)  # the target keeps every other register
+            call = sum(len(_push(r)) for r in saves)
+            delta = target - (site.address + call + 5)
             if not -(1 << 31) <= delta < (1 << 31):
                 raise BootError(f"site at {site.address:#x}: '{symbol}' at {target:#x} is out of rel32 range")
-            code = (b"\xe9" if kind == "jump" else b"\xe8") + struct.pack("<i", delta)
+            code = _around(current, shape, (b"\xe9" if kind == "jump" else b"\xe8") + struct.pack("<i", delta), saves)
         write(site.address, code + nop_fill(nops, site.length - len(code)))
         by_kind[kind] += 1
         by_op.setdefault(qualname, Counter())[kind] += 1
@@ -166,6 +282,27 @@ def patch_sites(
         by_op={name: dict(sorted(kinds.items())) for name, kinds in sorted(by_op.items())},
         table=dict(table),
     )
+
+
+def _around(current: bytes, shape: SiteShape, middle: bytes, saves: Sequence[int]) -> bytes:
+    """A site's sequence with `middle` in place of the indirect call and only `saves` kept."""
+    return b"".join(map(_push, saves)) + middle + shape.move + b"".join(map(_pop, reversed(saves)))
+
+
+def _inline_covers_site(layer: ModuleType, code: bytes, site: SiteRecord, shape: SiteShape) -> bool:
+    """Whether an inline template may replace the whole site, saves and restores included:
+    it must write only registers the site may lose (its clobbers, less the saved registers,
+    which the caller expects back) and leave a result where the site's move would put it."""
+    if not shape.saves and not shape.move:
+        return True  # the site is the call alone
+    if shape.move and shape.move != b"\x48\x89\xc0":
+        return False  # the result must reach another register than %rax
+    written = template_writes(code)
+    saved = _register_bits(layer, shape.saves)
+    if written is None or saved is None:
+        return False
+    writes = _register_bits(layer, written)
+    return writes is not None and writes & ~(site.clobbers & ~saved) == 0
 
 
 def _decide(

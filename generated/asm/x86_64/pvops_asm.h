@@ -33,12 +33,14 @@
  *   -DPVGEN_INSTANCE_KVM  the kvm expansions (one pv instance, no sites)
  *   -DPVGEN_INSTANCE_XEN  the xen expansions (one pv instance, no sites)
  *
- * A site covers only its call or jmp instruction (6 bytes), as the C wrappers'
- * sites do, and has a 16-byte record in section .pvgen.sites:
+ * As Linux's PARA_SITE, a site covers the whole sequence: the registers saved before the
+ * call (PV_SAVE_REGS: those the op may clobber that the caller's clobbers do not allow),
+ * the 6-byte call or jmp through pv_ops, the move of a result, and the
+ * restores (PV_RESTORE_REGS). Each site has a 16-byte record in section .pvgen.sites:
  *   .balign 8; .quad site; .byte op index; .byte site length; .short clobbers; .balign 8
- * where clobbers holds the CLBR_* bits of the registers the code at the site may clobber.
- * Registers the op may clobber that the caller's clobbers do not allow are saved around
- * the site (PV_SAVE_REGS / PV_RESTORE_REGS).
+ * where clobbers holds the CLBR_* bits of the registers the call may clobber (the caller's
+ * clobbers and the saved registers). Patching may replace the whole site: an inline
+ * template then writes only registers the caller's clobbers allow.
  */
 #ifndef PVGEN_ASM_X86_64_PVOPS_ASM_H
 #define PVGEN_ASM_X86_64_PVOPS_ASM_H
@@ -201,15 +203,15 @@
 #elif defined(PVGEN_INSTANCE_XEN)
 	call xen_irq_disable_direct
 #else
+.Lpvgen_site_\@:
 	.if ((\clobbers) & CLBR_RAX) == 0
 	pushq %rax
 	.endif
-.Lpvgen_site_\@:
 	call *pv_ops+PV_OP_IRQ_IRQ_DISABLE_OFFSET(%rip)
-.Lpvgen_site_end_\@:
 	.if ((\clobbers) & CLBR_RAX) == 0
 	popq %rax
 	.endif
+.Lpvgen_site_end_\@:
 	.pushsection .pvgen.sites, "a"
 	.balign 8
 	.quad .Lpvgen_site_\@
@@ -236,15 +238,15 @@
 #elif defined(PVGEN_INSTANCE_XEN)
 	call xen_irq_enable_direct
 #else
+.Lpvgen_site_\@:
 	.if ((\clobbers) & CLBR_RAX) == 0
 	pushq %rax
 	.endif
-.Lpvgen_site_\@:
 	call *pv_ops+PV_OP_IRQ_IRQ_ENABLE_OFFSET(%rip)
-.Lpvgen_site_end_\@:
 	.if ((\clobbers) & CLBR_RAX) == 0
 	popq %rax
 	.endif
+.Lpvgen_site_end_\@:
 	.pushsection .pvgen.sites, "a"
 	.balign 8
 	.quad .Lpvgen_site_\@
@@ -270,6 +272,7 @@
 	swapgs
 #elif defined(PVGEN_INSTANCE_XEN)
 #else
+.Lpvgen_site_\@:
 	pushq %rax
 	pushq %rcx
 	pushq %rdx
@@ -279,9 +282,7 @@
 	pushq %r9
 	pushq %r10
 	pushq %r11
-.Lpvgen_site_\@:
 	call *pv_ops+PV_OP_CPU_SWAPGS_OFFSET(%rip)
-.Lpvgen_site_end_\@:
 	popq %r11
 	popq %r10
 	popq %r9
@@ -291,6 +292,7 @@
 	popq %rdx
 	popq %rcx
 	popq %rax
+.Lpvgen_site_end_\@:
 	.pushsection .pvgen.sites, "a"
 	.balign 8
 	.quad .Lpvgen_site_\@
@@ -380,6 +382,7 @@
 	.ifnc \reg, %rcx; popq %rcx; .endif
 	.ifnc \reg, %rax; popq %rax; .endif
 #else
+.Lpvgen_site_\@:
 	.ifnc \reg,%rax
 	pushq %rax
 	.endif
@@ -407,9 +410,7 @@
 	.ifnc \reg,%r11
 	pushq %r11
 	.endif
-.Lpvgen_site_\@:
 	call *pv_ops+PV_OP_MMU_READ_CR2_OFFSET(%rip)
-.Lpvgen_site_end_\@:
 	movq %rax, \reg
 	.ifnc \reg,%r11
 	popq %r11
@@ -438,6 +439,7 @@
 	.ifnc \reg,%rax
 	popq %rax
 	.endif
+.Lpvgen_site_end_\@:
 	.pushsection .pvgen.sites, "a"
 	.balign 8
 	.quad .Lpvgen_site_\@
@@ -492,15 +494,15 @@
 #elif defined(PVGEN_INSTANCE_XEN)
 	call xen_save_fl_direct
 #else
+.Lpvgen_site_\@:
 	.if ((\clobbers) & CLBR_RAX) == 0
 	pushq %rax
 	.endif
-.Lpvgen_site_\@:
 	call *pv_ops+PV_OP_IRQ_SAVE_FL_OFFSET(%rip)
-.Lpvgen_site_end_\@:
 	.if ((\clobbers) & CLBR_RAX) == 0
 	popq %rax
 	.endif
+.Lpvgen_site_end_\@:
 	.pushsection .pvgen.sites, "a"
 	.balign 8
 	.quad .Lpvgen_site_\@

@@ -10,12 +10,14 @@
  *   -DPVGEN_NATIVE        the native expansions (bare metal; no pv_ops, no sites)
  *   -DPVGEN_INSTANCE_XEN  the xen expansions (one pv instance, no sites)
  *
- * A site covers only its call or jmp instruction (6 bytes), as the C wrappers'
- * sites do, and has a 16-byte record in section .pvgen.sites:
+ * As Linux's PARA_SITE, a site covers the whole sequence: the registers saved before the
+ * call (PV_SAVE_REGS: those the op may clobber that the caller's clobbers do not allow),
+ * the 6-byte call or jmp through pv_ops, the move of a result, and the
+ * restores (PV_RESTORE_REGS). Each site has a 16-byte record in section .pvgen.sites:
  *   .balign 8; .quad site; .byte op index; .byte site length; .short clobbers; .balign 8
- * where clobbers holds the CLBR_* bits of the registers the code at the site may clobber.
- * Registers the op may clobber that the caller's clobbers do not allow are saved around
- * the site (PV_SAVE_REGS / PV_RESTORE_REGS).
+ * where clobbers holds the CLBR_* bits of the registers the call may clobber (the caller's
+ * clobbers and the saved registers). Patching may replace the whole site: an inline
+ * template then writes only registers the caller's clobbers allow.
  */
 #ifndef PVGEN_ASM_T64_PVOPS_ASM_H
 #define PVGEN_ASM_T64_PVOPS_ASM_H
@@ -49,11 +51,11 @@
 #elif defined(PVGEN_INSTANCE_XEN)
 	call xen_irq_disable_direct
 #else
-	pushq %rax
 .Lpvgen_site_\@:
+	pushq %rax
 	call *pv_ops+PV_OP_IRQ_IRQ_DISABLE_OFFSET(%rip)
-.Lpvgen_site_end_\@:
 	popq %rax
+.Lpvgen_site_end_\@:
 	.pushsection .pvgen.sites, "a"
 	.balign 8
 	.quad .Lpvgen_site_\@
@@ -78,6 +80,7 @@
 #elif defined(PVGEN_INSTANCE_XEN)
 	call xen_read_cr2; movq %rax, \reg
 #else
+.Lpvgen_site_\@:
 	.ifnc \reg,%rax
 	pushq %rax
 	.endif
@@ -105,9 +108,7 @@
 	.ifnc \reg,%r11
 	pushq %r11
 	.endif
-.Lpvgen_site_\@:
 	call *pv_ops+PV_OP_IRQ_READ_CR2_OFFSET(%rip)
-.Lpvgen_site_end_\@:
 	movq %rax, \reg
 	.ifnc \reg,%r11
 	popq %r11
@@ -136,6 +137,7 @@
 	.ifnc \reg,%rax
 	popq %rax
 	.endif
+.Lpvgen_site_end_\@:
 	.pushsection .pvgen.sites, "a"
 	.balign 8
 	.quad .Lpvgen_site_\@
