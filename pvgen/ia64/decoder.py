@@ -10,12 +10,35 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import reduce
+from struct import iter_unpack
+from types import CodeType, FunctionType
 from typing import Final
 
 import attrs
 
 from pvgen.ia64.bundle import SLOT_MASK, TEMPLATES, Template
-from pvgen.ia64.insn import FORMS, NO_PRED, AnyInstruction, Form, Instruction, UnknownInstruction
+from pvgen.ia64.insn import (
+    _SET_FORM,
+    _SET_HASH,
+    _SET_MNEMONIC,
+    _SET_OPERANDS,
+    _SET_QP,
+    FORMS,
+    INSTRUCTION_TWIN,
+    NO_PRED,
+    AnyInstruction,
+    Form,
+    Imm,
+    Instruction,
+    Target,
+    UnknownInstruction,
+    _MutableInstruction,
+    _new,
+    _set_imm_hash,
+    _set_imm_value,
+    _set_target_hash,
+    _set_target_offset,
+)
 
 
 class BundleLengthError(ValueError):
@@ -50,31 +73,116 @@ class DecodedBundle:
 SlotDecoder = Callable[[int, int], AnyInstruction]  # (slot, L slot) -> instruction
 
 
+_BUILD_GLOBALS: Final[dict[str, object]] = {
+    "new": _new,
+    "Instruction": Instruction,
+    "MutableInstruction": _MutableInstruction,
+    "Imm": Imm,
+    "Target": Target,
+    "set_mnemonic": _SET_MNEMONIC,
+    "set_operands": _SET_OPERANDS,
+    "set_qp": _SET_QP,
+    "set_form": _SET_FORM,
+    "set_hash": _SET_HASH,
+    "set_imm": _set_imm_value,
+    "set_imm_hash": _set_imm_hash,
+    "set_target": _set_target_offset,
+    "set_target_hash": _set_target_hash,
+}
+
+
+def _build_source(form: Form, tag: str, indent: str, namespace: dict[str, object]) -> list[str]:
+    """Source lines building `form`'s Instruction from `slot` (and `lslot`) and returning it.
+
+    Operands come from the specs' `inline` expressions, so extracting them makes no calls (registers and
+    small immediates are table picks); the Instruction (and a new Imm/Target operand) has its slots written
+    directly instead of through the attrs __init__ (see `insn._MutableInstruction`). An operand without
+    `inline` calls its `extract`. The form's objects go into `namespace` under names ending in `tag`."""
+    namespace |= {f"mnemonic{tag}": form.mnemonic, f"form{tag}": form}
+    lines = []
+    items = []
+    for n, spec in enumerate(form.operands):
+        name = f"{n}{tag}"
+        if spec.inline is None:
+            namespace[f"e{name}"] = spec.extract
+            items.append(f"e{name}(slot, lslot)")
+            continue
+        how, table, expr = spec.inline
+        if how == "pick":
+            namespace[f"t{name}"] = table
+            items.append(f"t{name}[{expr}]")
+        else:
+            cls, setter = ("Imm", "set_imm") if how == "imm" else ("Target", "set_target")
+            lines += [f"o{name} = new({cls})", f"{setter}(o{name}, {expr})", f"{setter}_hash(o{name}, None)"]
+            items.append(f"o{name}")
+    operands = f"({''.join(item + ', ' for item in items)})"
+    qp = "0" if form.flags & NO_PRED else "slot & 63"
+    if INSTRUCTION_TWIN:
+        lines += [
+            "insn = new(MutableInstruction)",
+            f"insn.mnemonic = mnemonic{tag}",
+            f"insn.operands = {operands}",
+            f"insn.qp = {qp}",
+            f"insn.form = form{tag}",
+            "insn._attrs_cached_hash = None",
+            "insn.__class__ = Instruction",
+        ]
+    else:
+        lines += [
+            "insn = new(Instruction)",
+            f"set_mnemonic(insn, mnemonic{tag})",
+            f"set_operands(insn, {operands})",
+            f"set_qp(insn, {qp})",
+            f"set_form(insn, form{tag})",
+            "set_hash(insn, None)",
+        ]
+    lines.append("return insn")
+    return [indent + line for line in lines]
+
+
+_CODE: Final[dict[str, CodeType]] = {}
+
+
+def _function(source: str, namespace: dict[str, object]) -> Callable[..., object]:
+    """The one function `source` defines, with `namespace` (and _BUILD_GLOBALS) as its globals.
+
+    Functions of the same shape (forms with the same operand layout) share one code object, so that
+    generating them keeps the import fast."""
+    code = _CODE.get(source)
+    if code is None:
+        module = compile(source, "<ia64 decoder>", "exec")
+        code = _CODE[source] = next(c for c in module.co_consts if isinstance(c, CodeType))
+    return FunctionType(code, {**_BUILD_GLOBALS, **namespace})
+
+
 def _compile(form: Form) -> Callable[[int, int], Instruction]:
-    """A closure building the form's Instruction from a matching slot (no loops for common arities)."""
-    mnemonic = form.mnemonic
-    qp_mask = 0 if form.flags & NO_PRED else 0x3F
-    extracts = tuple(o.extract for o in form.operands)
-    new = Instruction
-    if not extracts:
-        return lambda slot, _l: new(mnemonic, (), slot & qp_mask, form)
-    if len(extracts) == 1:
-        (e0,) = extracts
-        return lambda slot, lslot: new(mnemonic, (e0(slot, lslot),), slot & qp_mask, form)
-    if len(extracts) == 2:
-        e0, e1 = extracts
-        return lambda slot, lslot: new(mnemonic, (e0(slot, lslot), e1(slot, lslot)), slot & qp_mask, form)
-    if len(extracts) == 3:
-        e0, e1, e2 = extracts
-        return lambda slot, lslot: new(
-            mnemonic, (e0(slot, lslot), e1(slot, lslot), e2(slot, lslot)), slot & qp_mask, form
-        )
-    if len(extracts) == 4:
-        e0, e1, e2, e3 = extracts
-        return lambda slot, lslot: new(
-            mnemonic, (e0(slot, lslot), e1(slot, lslot), e2(slot, lslot), e3(slot, lslot)), slot & qp_mask, form
-        )
-    return lambda slot, lslot: new(mnemonic, tuple(e(slot, lslot) for e in extracts), slot & qp_mask, form)
+    """A function building the form's Instruction from a matching slot and L slot (see _build_source)."""
+    namespace: dict[str, object] = {}
+    lines = ["def build(slot, lslot):", *_build_source(form, "", "    ", namespace)]
+    return _function("\n".join(lines) + "\n", namespace)  # type: ignore[return-value]
+
+
+def _matcher(candidates: list[tuple[Form, bool]]) -> Callable[[int], Instruction | None]:
+    """A function trying `candidates` (form, whether the table key already proves its fixed bits) in
+    order on a slot and building the first that matches (None when none does): the cold decode path of
+    one table key, with no loop and no further call."""
+    namespace: dict[str, object] = {}
+    lines = ["def match(slot):", "    lslot = 0"]
+    for n, (form, proven) in enumerate(candidates):
+        tests = [] if proven else [f"slot & mask{n} == value{n}"]
+        namespace |= {f"mask{n}": form.mask, f"value{n}": form.value}
+        if form.check is not None:
+            namespace[f"check{n}"] = form.check
+            tests.append(f"check{n}(slot)")
+        if tests:
+            lines.append(f"    if {' and '.join(tests)}:")
+            lines += _build_source(form, str(n), "        ", namespace)
+        else:
+            lines += _build_source(form, str(n), "    ", namespace)
+            break
+    else:
+        lines.append("    return None")
+    return _function("\n".join(lines) + "\n", namespace)  # type: ignore[return-value]
 
 
 Candidate = tuple[int, int, Callable[[int], bool] | None, int, Callable[[int, int], Instruction]]
@@ -116,6 +224,56 @@ def _match(table: list[tuple[int, dict[int, list[Candidate]]] | None], slot: int
     return None
 
 
+def _flat_table(unit: str) -> tuple[tuple[int, ...], dict[int, Callable[[int], Instruction | None]]]:
+    """A unit's forms (not X) as one dict: (discriminating mask per major opcode, matcher by slot & mask).
+
+    Every form fixes the major opcode, so the keys of different opcodes never collide; an opcode with no
+    forms gets its opcode bits as mask and no key."""
+    masks = []
+    matchers: dict[int, Callable[[int], Instruction | None]] = {}
+    types = {"M": "MA", "I": "IA", "B": "B", "F": "F"}[unit]
+    forms = [f for f in FORMS if f.type in types]
+    for op, entry in enumerate(_TABLES[unit]):
+        if entry is None:
+            masks.append(0xF << 37)
+            continue
+        common = entry[0]
+        masks.append(common)
+        bucket = sorted((f for f in forms if f.value >> 37 == op), key=lambda f: (f.check is None, -f.mask.bit_count()))
+        by_key: dict[int, list[tuple[Form, bool]]] = {}
+        for form in bucket:
+            by_key.setdefault(form.value & common, []).append((form, form.mask == common))
+        for key, candidates in by_key.items():
+            matchers[key] = _matcher(candidates)
+    return tuple(masks), matchers
+
+
+_FLAT: Final = {unit: _flat_table(unit) for unit in _TABLES}
+
+# The decode of one slot `s{n}` of unit table n into `i{n}`: the cache, then the forms (the cold path,
+# inline to save calls), then UnknownInstruction; the result is cached.
+_SLOT_SOURCE: Final = """
+    i{n} = c{n}.get(s{n})
+    if i{n} is None:
+        match = k{n}.get(s{n} & o{n}[s{n} >> 37])
+        if match is None or (i{n} := match(s{n})) is None:
+            i{n} = unknown(s{n}, u{n})
+        if len(c{n}) >= limit:
+            c{n}.clear()
+        c{n}[s{n}] = i{n}"""
+
+
+def _slot_decoders(units: str, head: str, tail: str) -> Callable[[int], tuple[AnyInstruction, ...]]:
+    """A generated function decoding the slots of `units` from a bundle word (see _SLOT_SOURCE)."""
+    namespace: dict[str, object] = {"unknown": UnknownInstruction, "limit": _CACHE_LIMIT, "decode_slot": decode_slot}
+    for n, unit in enumerate(units):
+        masks, candidates = _FLAT[unit]
+        namespace |= {f"c{n}": _caches[unit], f"k{n}": candidates, f"o{n}": masks, f"u{n}": unit}
+    body = "".join(_SLOT_SOURCE.format(n=n) for n in range(len(units)))
+    exec(f"def decode(word):\n{head}{body}\n{tail}\n", namespace)  # source built above
+    return namespace["decode"]  # type: ignore[return-value]
+
+
 def decode_slot(unit: str, slot: int, lslot: int = 0) -> AnyInstruction:
     """Decodes one 41-bit slot for unit M, I, B, F or X (X takes the L slot too)."""
     if unit == "X":
@@ -128,14 +286,10 @@ def decode_slot(unit: str, slot: int, lslot: int = 0) -> AnyInstruction:
                 cache.clear()
             cache[key] = insn
         return insn
-    cache = _caches[unit]
-    insn = cache.get(slot)
-    if insn is None:
-        insn = _match(_TABLES[unit], slot, 0) or UnknownInstruction(slot, unit)
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[slot] = insn
-    return insn
+    return _SINGLE[unit](slot)[0]
+
+
+_SINGLE: Final = {unit: _slot_decoders(unit, "    s0 = word", "    return (i0,)") for unit in _TABLES}
 
 
 def _bundle_decoders() -> list[Callable[[int], tuple[AnyInstruction, ...]]]:
@@ -157,33 +311,13 @@ def _bundle_decoders() -> list[Callable[[int], tuple[AnyInstruction, ...]]]:
 
             decoders.append(reserved)
         elif units[1] == "L":
-
-            def mlx(word: int, c0: dict[int, AnyInstruction] = _caches["M"]) -> tuple[AnyInstruction, ...]:
-                s0 = (word >> 5) & mask
-                i0 = c0.get(s0) or decode_slot("M", s0)
-                return i0, decode_slot("X", word >> 87, (word >> 46) & mask)
-
-            decoders.append(mlx)
+            head = f"    s0 = (word >> 5) & {mask}"
+            decoders.append(
+                _slot_decoders("M", head, f"    return i0, decode_slot('X', word >> 87, (word >> 46) & {mask})")
+            )
         else:
-            u0, u1, u2 = units
-
-            def normal(
-                word: int,
-                u0: str = u0,
-                u1: str = u1,
-                u2: str = u2,
-                c0: dict[int, AnyInstruction] = _caches[u0],
-                c1: dict[int, AnyInstruction] = _caches[u1],
-                c2: dict[int, AnyInstruction] = _caches[u2],
-            ) -> tuple[AnyInstruction, ...]:
-                s0, s1, s2 = (word >> 5) & mask, (word >> 46) & mask, word >> 87
-                return (
-                    c0.get(s0) or decode_slot(u0, s0),
-                    c1.get(s1) or decode_slot(u1, s1),
-                    c2.get(s2) or decode_slot(u2, s2),
-                )
-
-            decoders.append(normal)
+            head = f"    s0, s1, s2 = (word >> 5) & {mask}, (word >> 46) & {mask}, word >> 87"
+            decoders.append(_slot_decoders("".join(units), head, "    return i0, i1, i2"))
     return decoders
 
 
@@ -196,16 +330,27 @@ def decode_word(word: int) -> tuple[int, tuple[AnyInstruction, ...]]:
     return template, _BUNDLE_DECODERS[template](word)
 
 
+_SET_ADDRESS: Final = DecodedBundle.__dict__["address"].__set__
+_SET_TEMPLATE: Final = DecodedBundle.__dict__["template"].__set__
+_SET_INSTRUCTIONS: Final = DecodedBundle.__dict__["instructions"].__set__
+
+
 def iter_bundles(data: bytes, address: int = 0) -> Iterator[DecodedBundle]:
     """Decodes `data` bundle by bundle; the first bundle is at `address`."""
     if len(data) % 16:
         raise BundleLengthError(len(data))
     decoders = _BUNDLE_DECODERS
     from_bytes = int.from_bytes
+    new, cls = _new, DecodedBundle
+    set_address, set_template, set_instructions = _SET_ADDRESS, _SET_TEMPLATE, _SET_INSTRUCTIONS
     for offset in range(0, len(data), 16):
         word = from_bytes(data[offset : offset + 16], "little")
         template = word & 0x1F
-        yield DecodedBundle(address + offset, template, decoders[template](word))
+        bundle = new(cls)  # DecodedBundle(address + offset, template, ...) without the attrs __init__
+        set_address(bundle, address + offset)
+        set_template(bundle, template)
+        set_instructions(bundle, decoders[template](word))
+        yield bundle
 
 
 def decode(data: bytes, address: int = 0) -> list[DecodedBundle]:
@@ -213,5 +358,17 @@ def decode(data: bytes, address: int = 0) -> list[DecodedBundle]:
     if len(data) % 16:
         raise BundleLengthError(len(data))
     decoders = _BUNDLE_DECODERS
-    words = [int.from_bytes(data[i : i + 16], "little") for i in range(0, len(data), 16)]
-    return [DecodedBundle(address + 16 * n, word & 0x1F, decoders[word & 0x1F](word)) for n, word in enumerate(words)]
+    new, cls = _new, DecodedBundle
+    set_address, set_template, set_instructions = _SET_ADDRESS, _SET_TEMPLATE, _SET_INSTRUCTIONS
+    bundles: list[DecodedBundle] = []
+    append = bundles.append
+    for low, high in iter_unpack("<QQ", data):  # the two little-endian halves of each bundle
+        word = low | high << 64
+        template = word & 0x1F
+        bundle = new(cls)  # DecodedBundle(address, template, ...) without the attrs __init__
+        set_address(bundle, address)
+        address += 16
+        set_template(bundle, template)
+        set_instructions(bundle, decoders[template](word))
+        append(bundle)
+    return bundles

@@ -173,7 +173,7 @@ class Target:
 Operand = Reg | Special | Imm | Mem | Indirect | Target
 
 
-@attrs.frozen(cache_hash=True)
+@attrs.frozen(cache_hash=True, weakref_slot=False)  # no __weakref__: see _MutableInstruction
 class Instruction:
     """One instruction: mnemonic with completers, operands (outputs first), qualifying predicate."""
 
@@ -207,6 +207,60 @@ class UnknownInstruction:
 
 
 AnyInstruction = Instruction | UnknownInstruction
+
+
+class _MutableInstruction:
+    """The memory layout of `Instruction` without its frozen __setattr__, for the decoder's hot path.
+
+    The generated builders fill one with plain attribute stores and then assign `__class__ = Instruction`,
+    which CPython allows because the two layouts are the same (this is why Instruction has no
+    __weakref__ slot: with one, CPython refuses the assignment). This costs about half of writing the
+    slots through their descriptors; `INSTRUCTION_TWIN` is False (and the descriptors are used) if the
+    assignment is refused."""
+
+    __slots__ = Instruction.__slots__  # type: ignore[attr-defined]
+
+
+def _twin_works() -> bool:
+    probe = object.__new__(_MutableInstruction)
+    try:
+        probe.__class__ = Instruction  # type: ignore[assignment]
+    except TypeError:
+        return False
+    return True
+
+
+INSTRUCTION_TWIN: Final = _twin_works()
+
+# Fast constructors for the decoder's hot path: the same objects the attrs __init__ builds (every slot
+# set, the cached hash empty), written through the slot descriptors to skip the generated __init__.
+_new: Final = object.__new__
+_set_imm_value: Final = Imm.__dict__["value"].__set__
+_set_imm_hash: Final = Imm.__dict__["_attrs_cached_hash"].__set__
+_set_target_offset: Final = Target.__dict__["offset"].__set__
+_set_target_hash: Final = Target.__dict__["_attrs_cached_hash"].__set__
+_SET_MNEMONIC: Final = Instruction.__dict__["mnemonic"].__set__
+_SET_OPERANDS: Final = Instruction.__dict__["operands"].__set__
+_SET_QP: Final = Instruction.__dict__["qp"].__set__
+_SET_FORM: Final = Instruction.__dict__["form"].__set__
+_SET_HASH: Final = Instruction.__dict__["_attrs_cached_hash"].__set__
+
+
+def new_imm(value: int) -> Imm:
+    """`Imm(value)` without the attrs __init__ (decoder hot path)."""
+    imm = _new(Imm)
+    _set_imm_value(imm, value)
+    _set_imm_hash(imm, None)
+    return imm
+
+
+def new_target(offset: int) -> Target:
+    """`Target(offset)` without the attrs __init__ (decoder hot path)."""
+    target = _new(Target)
+    _set_target_offset(target, offset)
+    _set_target_hash(target, None)
+    return target
+
 
 # Interned operands: decoding creates no register objects.
 GR: Final = tuple(Reg("r", n) for n in range(128))
@@ -250,6 +304,12 @@ class OperandSpec:
     insert: Insert
     style: str = "dec"  # immediates: dec, hex, hex64 (printed as an unsigned 64-bit value)
     fixed: int | None = None  # a fixed register number (cmpxchg's ar.ccv)
+    #: `extract` as Python source for the decoder's generated per-form builders, with `slot` and `lslot` in
+    #: scope: ("pick", table, index expression) is `table[index]`; ("imm", expression) and ("target",
+    #: expression) are `Imm(expression)` and `Target(expression)`. None: the decoder calls `extract`.
+    inline: tuple[str, tuple[Operand, ...] | None, str] | None = attrs.field(
+        default=None, eq=False, repr=False, kw_only=True
+    )
 
 
 def _field(lo: int, width: int) -> int:
@@ -279,7 +339,8 @@ def _reg_spec(name: str, file: str, lo: int, width: int) -> OperandSpec:
             raise OperandError(f"register {file} {value} is out of range 0..{top}")
         return value << lo, 0
 
-    return OperandSpec(name, file, _field(lo, width), extract, insert)
+    index = f"(slot >> {lo}) & {limit - 1}"
+    return OperandSpec(name, file, _field(lo, width), extract, insert, inline=("pick", table, index))
 
 
 def _mem_spec(name: str) -> OperandSpec:
@@ -290,7 +351,7 @@ def _mem_spec(name: str) -> OperandSpec:
         _check(value, 0, 127, "register r")
         return value << 20, 0
 
-    return OperandSpec(name, "mem", _field(20, 7), extract, insert)
+    return OperandSpec(name, "mem", _field(20, 7), extract, insert, inline=("pick", MEM, "(slot >> 20) & 127"))
 
 
 def _indirect_spec(file: str) -> OperandSpec:
@@ -303,12 +364,13 @@ def _indirect_spec(file: str) -> OperandSpec:
         _check(value, 0, 127, "register r")
         return value << 20, 0
 
-    return OperandSpec("ind_" + file, "ind." + file, _field(20, 7), extract, insert)
+    inline = ("pick", table, "(slot >> 20) & 127")
+    return OperandSpec("ind_" + file, "ind." + file, _field(20, 7), extract, insert, inline=inline)
 
 
 def _special_spec(name: str) -> OperandSpec:
     operand = SPECIALS[name]
-    return OperandSpec(name, name, 0, lambda _s, _l: operand, lambda _v: (0, 0))
+    return OperandSpec(name, name, 0, lambda _s, _l: operand, lambda _v: (0, 0), inline=("pick", (operand,), "0"))
 
 
 def _fixed_reg_spec(name: str, file: str, num: int) -> OperandSpec:
@@ -319,7 +381,7 @@ def _fixed_reg_spec(name: str, file: str, num: int) -> OperandSpec:
             raise OperandError(f"operand must be {operand}")
         return 0, 0
 
-    return OperandSpec(name, file, 0, lambda _s, _l: operand, insert, fixed=num)
+    return OperandSpec(name, file, 0, lambda _s, _l: operand, insert, fixed=num, inline=("pick", (operand,), "0"))
 
 
 def _imm_spec(
@@ -339,13 +401,15 @@ def _imm_spec(
     lo_limit = -(1 << (total - 1)) if signed else 0
     hi_limit = (1 << (total - 1)) - 1 if signed else (1 << total) - 1
 
-    def extract(slot: int, _l: int) -> Operand:
-        value = 0
-        for lo, width, pos in parts:
-            value |= ((slot >> lo) & ((1 << width) - 1)) << pos
-        if signed:
-            value = _sext(value, total)
-        return Imm(value << scale)
+    # The field gathering unrolled into one expression (compiled once per spec; no loop when decoding).
+    gather = " | ".join(f"((slot >> {lo}) & {(1 << width) - 1}) << {pos}" for lo, width, pos in parts)
+    sign = 1 << (total - 1)
+    body = f"value = {gather}\n    "
+    body += f"value = (value ^ {sign}) - {sign}\n    " if signed else ""
+    body += f"imm = new(Imm)\n    set_value(imm, value << {scale})\n    set_hash(imm, None)\n    return imm"
+    namespace = {"new": _new, "Imm": Imm, "set_value": _set_imm_value, "set_hash": _set_imm_hash}
+    exec(f"def extract(slot, _l):\n    {body}\n", namespace)  # built from the constant parts above
+    extract: Extract = namespace["extract"]
 
     def insert(value: int) -> tuple[int, int]:
         if scale:
@@ -358,7 +422,13 @@ def _imm_spec(
             word |= ((value >> pos) & ((1 << width) - 1)) << lo
         return word, 0
 
-    return OperandSpec(name, "imm", bits, extract, insert, style)
+    if total <= 9:  # small fields: one shared Imm per raw field value
+        values = range(1 << total)
+        table = tuple(Imm(((v ^ sign) - sign if signed else v) << scale) for v in values)
+        inline: tuple[str, tuple[Operand, ...] | None, str] = ("pick", table, gather)
+    else:
+        inline = ("imm", None, f"((({gather}) ^ {sign}) - {sign}) << {scale}" if signed else f"({gather}) << {scale}")
+    return OperandSpec(name, "imm", bits, extract, insert, style, inline=inline)
 
 
 def _target25_spec() -> OperandSpec:
@@ -366,7 +436,7 @@ def _target25_spec() -> OperandSpec:
     bits = _field(36, 1) | _field(13, 20)
 
     def extract(slot: int, _l: int) -> Operand:
-        return Target(_sext(((slot >> 36) & 1) << 20 | (slot >> 13) & 0xFFFFF, 21) << 4)
+        return new_target(_sext(((slot >> 36) & 1) << 20 | (slot >> 13) & 0xFFFFF, 21) << 4)
 
     def insert(value: int) -> tuple[int, int]:
         if value & 15:
@@ -375,7 +445,8 @@ def _target25_spec() -> OperandSpec:
         _check(disp, -(1 << 20), (1 << 20) - 1, "branch displacement (bundles)")
         return ((disp >> 20) & 1) << 36 | (disp & 0xFFFFF) << 13, 0
 
-    return OperandSpec("tgt25c", "target", bits, extract, insert)
+    inline = ("target", None, "(((((slot >> 36) & 1) << 20 | (slot >> 13) & 0xFFFFF) ^ 0x100000) - 0x100000) << 4")
+    return OperandSpec("tgt25c", "target", bits, extract, insert, inline=inline)
 
 
 def _target64_spec() -> OperandSpec:
@@ -384,7 +455,7 @@ def _target64_spec() -> OperandSpec:
 
     def extract(slot: int, lslot: int) -> Operand:
         value = (slot >> 13) & 0xFFFFF | ((lslot >> 2) & ((1 << 39) - 1)) << 20 | ((slot >> 36) & 1) << 59
-        return Target(_sext(value, 60) << 4)
+        return new_target(_sext(value, 60) << 4)
 
     def insert(value: int) -> tuple[int, int]:
         if value & 15:
@@ -393,7 +464,9 @@ def _target64_spec() -> OperandSpec:
         _check(disp, -(1 << 59), (1 << 59) - 1, "branch displacement (bundles)")
         return ((disp >> 59) & 1) << 36 | (disp & 0xFFFFF) << 13, ((disp >> 20) & ((1 << 39) - 1)) << 2
 
-    return OperandSpec("tgt64", "target", bits, extract, insert)
+    value = "(slot >> 13) & 0xFFFFF | ((lslot >> 2) & 0x7FFFFFFFFF) << 20 | ((slot >> 36) & 1) << 59"
+    inline = ("target", None, f"((({value}) ^ {1 << 59}) - {1 << 59}) << 4")
+    return OperandSpec("tgt64", "target", bits, extract, insert, inline=inline)
 
 
 def _immu64_spec() -> OperandSpec:
@@ -408,7 +481,7 @@ def _immu64_spec() -> OperandSpec:
             | lslot << 22
             | ((slot >> 36) & 1) << 63
         )
-        return Imm(value)
+        return new_imm(value)
 
     def insert(value: int) -> tuple[int, int]:
         if value < 0:
@@ -423,7 +496,11 @@ def _immu64_spec() -> OperandSpec:
         )
         return word, (value >> 22) & SLOT_MASK
 
-    return OperandSpec("immu64", "imm", bits, extract, insert, "hex")
+    value = (
+        "(slot >> 13) & 0x7F | ((slot >> 27) & 0x1FF) << 7 | ((slot >> 22) & 0x1F) << 16"
+        " | ((slot >> 21) & 1) << 21 | lslot << 22 | ((slot >> 36) & 1) << 63"
+    )
+    return OperandSpec("immu64", "imm", bits, extract, insert, "hex", inline=("imm", None, value))
 
 
 def _immu62_spec() -> OperandSpec:
@@ -431,13 +508,14 @@ def _immu62_spec() -> OperandSpec:
     bits = _field(36, 1) | _field(6, 20)
 
     def extract(slot: int, lslot: int) -> Operand:
-        return Imm(lslot << 21 | ((slot >> 36) & 1) << 20 | (slot >> 6) & 0xFFFFF)
+        return new_imm(lslot << 21 | ((slot >> 36) & 1) << 20 | (slot >> 6) & 0xFFFFF)
 
     def insert(value: int) -> tuple[int, int]:
         _check(value, 0, (1 << 62) - 1, "immediate")
         return (value & 0xFFFFF) << 6 | ((value >> 20) & 1) << 36, (value >> 21) & SLOT_MASK
 
-    return OperandSpec("immu62", "imm", bits, extract, insert, "hex")
+    inline = ("imm", None, "lslot << 21 | ((slot >> 36) & 1) << 20 | (slot >> 6) & 0xFFFFF")
+    return OperandSpec("immu62", "imm", bits, extract, insert, "hex", inline=inline)
 
 
 def _count_spec(name: str, kind: str) -> OperandSpec:
@@ -446,7 +524,7 @@ def _count_spec(name: str, kind: str) -> OperandSpec:
         bits = _field(20, 6) | _field(27, 6)
 
         def extract(slot: int, _l: int) -> Operand:
-            return Imm(63 - ((slot >> 20) & 0x3F))
+            return new_imm(63 - ((slot >> 20) & 0x3F))
 
         def insert(value: int) -> tuple[int, int]:
             _check(value, 0, 63, "shift count")
@@ -456,13 +534,15 @@ def _count_spec(name: str, kind: str) -> OperandSpec:
         bits = _field(14, 6) | _field(27, 6)
 
         def extract(slot: int, _l: int) -> Operand:
-            return Imm((slot >> 14) & 0x3F)
+            return new_imm((slot >> 14) & 0x3F)
 
         def insert(value: int) -> tuple[int, int]:
             _check(value, 0, 63, "shift count")
             return value << 14 | (63 - value) << 27, 0
 
-    return OperandSpec(name, "imm", bits, extract, insert)
+    lo = 20 if kind == "shl" else 14
+    table = tuple(Imm(63 - f if kind == "shl" else f) for f in range(64))
+    return OperandSpec(name, "imm", bits, extract, insert, inline=("pick", table, f"(slot >> {lo}) & 63"))
 
 
 def _offset_spec(name: str, lo: int, width: int, *, base: int, negate: bool) -> OperandSpec:
@@ -471,7 +551,7 @@ def _offset_spec(name: str, lo: int, width: int, *, base: int, negate: bool) -> 
 
     def extract(slot: int, _l: int) -> Operand:
         field = (slot >> lo) & limit
-        return Imm(base - field if negate else field + base)
+        return new_imm(base - field if negate else field + base)
 
     def insert(value: int) -> tuple[int, int]:
         field = base - value if negate else value - base
@@ -479,7 +559,9 @@ def _offset_spec(name: str, lo: int, width: int, *, base: int, negate: bool) -> 
             raise OperandError(f"bit field value {value} is out of range")
         return field << lo, 0
 
-    return OperandSpec(name, "imm", _field(lo, width), extract, insert)
+    table = tuple(Imm(base - f if negate else f + base) for f in range(limit + 1))
+    inline = ("pick", table, f"(slot >> {lo}) & {limit}")
+    return OperandSpec(name, "imm", _field(lo, width), extract, insert, inline=inline)
 
 
 R1 = _reg_spec("r1", "r", 6, 7)
@@ -795,7 +877,7 @@ def _fixed_imm(fixed: int) -> OperandSpec:
         return 0, 0
 
     operand = Imm(fixed)
-    return OperandSpec("fixed", "imm", 0, lambda _s, _l: operand, insert)
+    return OperandSpec("fixed", "imm", 0, lambda _s, _l: operand, insert, inline=("pick", (operand,), "0"))
 
 
 BRANCH_HINTS: Final = ("sptk", "spnt", "dptk", "dpnt")
