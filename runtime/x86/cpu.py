@@ -201,6 +201,19 @@ class Cpu:
         self._handler = handler
         self._generation += 1  # translations depend on what is intercepted
 
+    def _swapgs(self) -> None:
+        """swapgs at CPL 0, in line in translated code."""
+        state = self.state
+        state[18], self.kernel_gs_base = self.kernel_gs_base, state[18]
+
+    def _selector(self, number: int) -> int:
+        """A segment selector read (mov %ss, %ecx), in line in translated code."""
+        return self.selectors[number]
+
+    def _control(self, number: int) -> int:
+        """A control register read at CPL 0 (mov %cr3, %rax), in line in translated code."""
+        return int(getattr(self, f"cr{number}"))
+
     def mode(self) -> Mode:
         intercepts = self._handler.intercepts if self._handler is not None else frozenset()
         return Mode(self._cpl, frozenset(intercepts), self._generation)
@@ -327,7 +340,9 @@ class Cpu:
                 ref.block.hits[0] += it
 
         def run_system(ref: InsnRef, retired: int, it: int) -> tuple[int, int]:
-            mode = self.mode()
+            # What the translation depends on, compared without building a Mode each time.
+            handler = self._handler
+            before = (self._cpl, handler, handler.intercepts if handler is not None else None, self._generation)
             self.rip = ref.insn.address
             try:
                 if ref.intercepted and self._handler is not None:
@@ -343,7 +358,9 @@ class Cpu:
                 stop.retired = retired
                 raise
             succeed(ref, it)
-            if self.mode() != mode:
+            handler = self._handler
+            after = (self._cpl, handler, handler.intercepts if handler is not None else None, self._generation)
+            if after != before:
                 raise _Reselect(self.rip, retired)
             return self.rip, retired
 
@@ -373,6 +390,9 @@ class Cpu:
             "WR": write,
             "FAULT": fault,
             "SYSTEM": run_system,
+            "SWAPGS": self._swapgs,
+            "SELECTOR": self._selector,
+            "CONTROL": self._control,
             "STRING": run_string,
             "POPF": popf,
             "MAT": fl.materialise,

@@ -714,6 +714,11 @@ class Semantics:
         intercepted = kind_name in b.mode.intercepts
         if kind_name in INLINE and not intercepted:
             return self._inline_sensitive(b, insn, kind_name)
+        return self._system_exit(b, insn, kind_name)
+
+    def _system_exit(self, b: Builder, insn: Insn, kind_name: str) -> Any:
+        """Ends the trace at a sensitive instruction that runs through the system path."""
+        intercepted = kind_name in b.mode.intercepts
         b.ref()
         ref = b.refs[b.pos]
         ref.sensitive = SensitiveInsn(kind_name, insn)
@@ -722,8 +727,27 @@ class Semantics:
         b.helper_exit("SYSTEM", b.pos + 1)
         return ("end",)
 
-    def _inline_sensitive(self, b: Builder, insn: Insn, kind_name: str) -> None:
+    def _inline_sensitive(self, b: Builder, insn: Insn, kind_name: str) -> Any:
         cpl = b.mode.cpl
+        if kind_name == "swapgs":
+            if cpl > 0:  # privileged: the system path raises the #GP with the instruction
+                return self._system_exit(b, insn, kind_name)
+            b.emit("SWAPGS()")
+            return None
+        if kind_name == "mov_cr_read":
+            creg = insn.operands[1]
+            destination = insn.operands[0]
+            number = getattr(creg, "number", None)
+            if cpl > 0 or number not in (0, 2, 3, 4, 8) or not isinstance(destination, Reg):
+                return self._system_exit(b, insn, kind_name)
+            b.set(Reg(destination.index, 8), f"CONTROL({number})")
+            return None
+        if kind_name == "mov_seg_read":
+            destination = insn.operands[0]
+            if not isinstance(destination, Reg) or destination.size not in (4, 8):
+                return self._system_exit(b, insn, kind_name)
+            b.set(Reg(destination.index, 8), f"SELECTOR({_segment_number(insn.operands[1])})")
+            return None
         if kind_name in ("cli", "sti"):
             if cpl > 0:
                 b.emit(f"if (S[17] >> 12) & 3 < {cpl}: FAULT(13, {b.fault_args()})")
@@ -748,3 +772,8 @@ class Semantics:
             b.emit(f"{f} = POPF({value})")
             b.set_flags(Lazy(MAT, f))
         b.set(Reg(RSP, 8), f"({rsp} + 8) & {M64}")
+
+
+def _segment_number(operand: Any) -> int:
+    """es cs ss ds fs gs = 0..5, the index into cpu.selectors."""
+    return int(operand.number)

@@ -39,7 +39,9 @@ PRIVILEGED = frozenset(
 # Kinds that fault at CPL > IOPL.
 IOPL_SENSITIVE = frozenset({"cli", "sti", "in", "out"})
 # Kinds the translator runs inline unless a handler intercepts them.
-INLINE = frozenset({"cli", "sti", "pushf", "popf"})
+# Kinds the translator runs in line when not intercepted (swapgs and CR reads only at CPL 0,
+# where they cannot fault): the entry/exit paths run them on every switch.
+INLINE = frozenset({"cli", "sti", "pushf", "popf", "swapgs", "mov_seg_read", "mov_cr_read"})
 
 KINDS = frozenset(
     PRIVILEGED

@@ -7,6 +7,7 @@ that translating them buys nothing, and keeping them here lets a hypervisor mode
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from pvgen.runtime.x86 import flags as fl
@@ -317,11 +318,14 @@ def _swapgs(cpu: Cpu, si: SensitiveInsn) -> None:
     s[18], cpu.kernel_gs_base = cpu.kernel_gs_base, s[18]
 
 
+_FRAME = struct.Struct("<5Q")
+
+
 def _iretq(cpu: Cpu, si: SensitiveInsn) -> None:
     s = cpu.state
     rsp = s[RSP]
-    frame = [cpu.memory.load((rsp + 8 * i) & M64, 8, si.rip) for i in range(5)]
-    new_rip, cs, rflags, new_rsp, ss = frame
+    # One checked read of the whole 40-byte frame (the five pops of the instruction).
+    new_rip, cs, rflags, new_rsp, ss = _FRAME.unpack(cpu.memory.load_bytes(rsp, 40, si.rip))
     cs &= 0xFFFF
     new_cpl = cs & 3
     if new_cpl < cpu.cpl:
