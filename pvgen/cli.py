@@ -185,6 +185,12 @@ def _disasm(args: argparse.Namespace) -> int:
 _ELF_MACHINES = {62: "x86_64", 50: "ia64"}
 
 
+def _run_error(image: str, error: Exception) -> int:
+    message = str(error)
+    sys.stderr.write(f"pvgen: error: {message if message.startswith(image) else f'{image}: {message}'}\n")
+    return EXIT_SPEC_ERROR
+
+
 def _run(args: argparse.Namespace) -> int:
     import json
     import struct
@@ -210,13 +216,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         report = runner.run_image(Path(args.image), args.hypervisor, patch=not args.no_patch, cmdline=args.cmdline)
     except (ValueError, OSError) as error:  # bad images, sites and masks are ValueErrors of the runtimes
-        sys.stderr.write(f"pvgen: error: {args.image}: {error}\n")
-        return EXIT_SPEC_ERROR
+        return _run_error(args.image, error)
     except Exception as error:
         if type(error).__name__ not in ("BootError", "ImageError", "MaskError"):
             raise
-        sys.stderr.write(f"pvgen: error: {args.image}: {error}\n")
-        return EXIT_SPEC_ERROR
+        return _run_error(args.image, error)
     if args.json:
         document = report.to_json()
         sys.stdout.write((document if isinstance(document, str) else json.dumps(document, indent=1)) + "\n")
