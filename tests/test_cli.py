@@ -81,8 +81,9 @@ def test_run_refuses_bad_images_without_a_traceback(tmp_path: Path) -> None:
     code, _, err = run_cli("run", "text.elf", cwd=tmp_path)
     assert code == 1 and err == "pvgen: error: text.elf is not an ELF image\n"
     for machine, name in ((62, "x86.elf"), (50, "ia64.elf")):
-        header = b"\x7fELF\x02\x01\x01" + bytes(9) + machine.to_bytes(2, "little").rjust(4, b"\x02")[-4:]
-        (tmp_path / name).write_bytes(header[:16] + (2).to_bytes(2, "little") + machine.to_bytes(2, "little") + bytes(10))
+        # A truncated ELF64 header: ident, e_type ET_EXEC, e_machine, and nothing after.
+        header = b"\x7fELF\x02\x01\x01" + bytes(9) + (2).to_bytes(2, "little") + machine.to_bytes(2, "little")
+        (tmp_path / name).write_bytes(header + bytes(10))
         code, _, err = run_cli("run", name, cwd=tmp_path)
         assert code == 1 and err.startswith(f"pvgen: error: {name}: ") and "Traceback" not in err
     assert run_cli("run", "missing.elf", cwd=tmp_path)[0] == 2
