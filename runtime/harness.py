@@ -44,7 +44,7 @@ IF = 0x200
 # Which checks the models can run per arch: the generated suites skip the others, saying so.
 SUPPORTED = {
     "x86_64": frozenset({"decodes", "fits", "clobbers", "site", "native_body", "effect"}),
-    "ia64": frozenset({"decodes", "fits", "clobbers", "site", "effect"}),  # native_body: no ia64 gcc
+    "ia64": frozenset({"decodes", "fits", "clobbers", "site", "native_body", "effect"}),
 }
 
 
@@ -371,8 +371,60 @@ def _native_bodies(arch: str) -> dict[str, bytes]:
     return bodies
 
 
+@cache
+def _ia64_native_bodies() -> dict[str, bytes]:
+    """The out-of-line IA64 bodies of pvops_tables.c: its top-level asm, assembled by GNU as.
+
+    There is no IA64 C compiler to build the file, so its asm() blocks are taken out and
+    assembled on their own, which is what gcc would hand the assembler for them.
+    """
+    from elftools.elf.elffile import ELFFile
+
+    text = (GENERATED / "c" / "ia64" / "pvops_tables.c").read_text()
+    blocks = re.findall(r"^asm\((.*?)\);$", text, re.M | re.S)
+    source = "".join(
+        bytes("".join(re.findall(r'"((?:\\.|[^"\\])*)"', block)), "utf-8").decode("unicode_escape") for block in blocks
+    )
+    if shutil.which("ia64-linux-gnu-as") is None:
+        raise AssertionError("ia64-linux-gnu-as is needed (Debian: binutils-ia64-linux-gnu)")
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        (work / "bodies.s").write_text(source + "\n")
+        subprocess.run(
+            ["ia64-linux-gnu-as", "-xnone", "-o", str(work / "bodies.o"), str(work / "bodies.s")],
+            check=True,
+            capture_output=True,
+        )
+        bodies = {}
+        with (work / "bodies.o").open("rb") as stream:
+            elf = ELFFile(stream)
+            for symbol in elf.get_section_by_name(".symtab").iter_symbols():
+                if symbol.name.startswith("pvgen_") and symbol["st_shndx"] not in ("SHN_UNDEF", "SHN_ABS"):
+                    section = elf.get_section(symbol["st_shndx"])
+                    start = symbol["st_value"]
+                    size = symbol["st_size"] or 16 * 8
+                    bodies[symbol.name] = section.data()[start : start + size]
+    return bodies
+
+
+def _ia64_meaningful(code: bytes) -> list[str]:
+    return [i.rstrip(";").strip() for i in _decode_ia64(code) if not i.startswith("nop")]
+
+
 def check_native_body(arch: str, qualname: str) -> None:
     """The native template is exactly what the native out-of-line function does before it returns."""
+    if arch == "ia64":
+        op = _op(arch, qualname)
+        body = _ia64_native_bodies().get(f"pvgen_native_{op.group}_{op.name}")
+        assert body is not None, f"{_where(op, 'native')}: pvops_tables.c has no out-of-line body"
+        wanted = _ia64_meaningful(op.impls["native"].template)
+        got = _ia64_meaningful(body)
+        # The body is the template, then the return through b6 (the stub's convention).
+        returns = len(got) > len(wanted) and got[len(wanted)].startswith("br") and got[len(wanted)].endswith(" b6")
+        assert got[: len(wanted)] == wanted and returns, (
+            f"{_where(op, 'native')}: body {got} is not the template {wanted} and a return through b6"
+        )
+        return None
     if arch != "x86_64":
         return None
     op = _op(arch, qualname)
