@@ -76,4 +76,4 @@ def load_image(path: str | Path) -> Image:
                     sections[section.name] = (section["sh_addr"], section.data())
             return Image(str(path), elf.header["e_entry"], tuple(segments), symbols, sections)
     except (OSError, ELFError) as error:
-        raise ImageError(f"{path}: {error}") from error
+        raise ImageError(f"{path}: not a well-formed ELF image (truncated or malformed: {error})") from error

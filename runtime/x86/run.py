@@ -226,7 +226,7 @@ def load_guest_image(cpu: Cpu, path: Path) -> GuestImage:
     try:
         loaded = load_elf(cpu.memory, path)
     except (ElfError, OSError, struct.error, IndexError, ValueError) as error:
-        raise BootError(f"{path}: cannot load the ELF image: {error}") from None
+        raise BootError(f"{path}: not a well-formed ELF image (truncated or malformed: {error})") from None
     notes: dict[int, bytes] = {}
     ex_table: dict[int, ExEntry] = {}
     try:
