@@ -298,17 +298,9 @@ def _decode_x86(code: bytes, relocs: list[tuple[int, str, str]], arch: ir.Arch) 
                 )
     if decoded != len(code):
         problems.append(f"bytes {code[decoded:].hex()} at offset {decoded} do not decode")
-    relocations = []
     for offset, kind, symbol in relocs:
-        problems.append(f"it refers to '{symbol}' ({kind} at offset {offset}), which the patcher does not relocate")
-    order = {r: i for i, r in enumerate(arch.registers)}
-    return Assembled(
-        code,
-        tuple(instructions),
-        tuple(sorted(written, key=order.__getitem__)),
-        tuple(relocations),
-        tuple(dict.fromkeys(problems)),
-    )
+        problems.append(_unrelocated(symbol, kind, offset))
+    return _assembled(arch, code, instructions, written, [], problems)
 
 
 def _ia64_listing(text: str) -> dict[int, list[str]]:
@@ -363,11 +355,27 @@ def _decode_ia64(code: bytes, relocs: list[tuple[int, str, str]], listing: list[
             # The tag of an MLX bundle's L slot: bundle address | 1 (paravirt_patch_reloc_brl).
             relocations.append(ir.Relocation((offset & ~0xF) | 1, _IA64_RELOCATABLE[kind], symbol))
         else:
-            problems.append(f"it refers to '{symbol}' ({kind} at offset {offset}), which the patcher does not relocate")
+            problems.append(_unrelocated(symbol, kind, offset))
+    return _assembled(arch, code, listing, written, relocations, problems)
+
+
+def _unrelocated(symbol: str, kind: str, offset: int) -> str:
+    return f"it refers to '{symbol}' ({kind} at offset {offset}), which the patcher does not relocate"
+
+
+def _assembled(
+    arch: ir.Arch,
+    code: bytes,
+    instructions: Iterable[str],
+    written: set[str],
+    relocations: list[ir.Relocation],
+    problems: list[str],
+) -> Assembled:
+    """One text's result, with written registers in the arch's order and each problem once."""
     order = {r: i for i, r in enumerate(arch.registers)}
     return Assembled(
         code,
-        tuple(listing),
+        tuple(instructions),
         tuple(sorted(written, key=order.__getitem__)),
         tuple(relocations),
         tuple(dict.fromkeys(problems)),
