@@ -53,6 +53,9 @@ class Assembled:
     written: tuple[str, ...]
     relocations: tuple[ir.Relocation, ...]
     problems: tuple[str, ...]  # decode problems found once (undecodable bytes, stray PC-relative use)
+    # (offset, length, legacy prefixes) of each instruction that may take more redundant prefixes:
+    # none carries a segment override, and the template has no relative branch to shift.
+    prefixable: tuple[tuple[int, int, int], ...] = ()
 
 
 def requests(spec: ir.Spec) -> list[Request]:
@@ -104,8 +107,8 @@ class TemplateCache:
 
     def get(self, arch: str, assembler: str, text: str) -> Assembled | None:
         entry = self.entries.get(f"{arch} {assembler}", {}).get(text)
-        if entry is None:
-            return None
+        if entry is None or "prefixable" not in entry:
+            return None  # never seen, or cached before pvgen recorded where prefixes may go
         self.used.add((arch, assembler, text))
         return Assembled(
             bytes.fromhex(entry["hex"]),
@@ -113,6 +116,7 @@ class TemplateCache:
             tuple(entry["written"]),
             tuple(ir.Relocation(r["offset"], r["kind"], r["symbol"]) for r in entry["relocations"]),
             tuple(entry["problems"]),
+            tuple((offset, size, prefixes) for offset, size, prefixes in entry["prefixable"]),
         )
 
     def put(self, arch: str, assembler: str, text: str, assembled: Assembled) -> None:
@@ -122,6 +126,7 @@ class TemplateCache:
             "written": list(assembled.written),
             "relocations": [attrs.asdict(r) for r in assembled.relocations],
             "problems": list(assembled.problems),
+            "prefixable": [list(p) for p in assembled.prefixable],
         }
         self.used.add((arch, assembler, text))
 
@@ -278,9 +283,14 @@ def _decode_x86(code: bytes, relocs: list[tuple[int, str, str]], arch: ir.Arch) 
     instructions: list[str] = []
     written: set[str] = set()
     problems: list[str] = []
+    prefixable: list[tuple[int, int, int]] = []
+    relative_branch = False
     decoded = 0
     for insn in md.disasm(code, 0):
         decoded = insn.address + insn.size
+        legacy = _legacy_prefixes(bytes(insn.bytes))
+        if not _SEGMENT_OVERRIDES.intersection(insn.bytes[:legacy]):
+            prefixable.append((insn.address, insn.size, legacy))
         instructions.append(f"{insn.mnemonic} {insn.op_str}".strip())
         _, writes = insn.regs_access()
         for reg in writes:
@@ -292,15 +302,30 @@ def _decode_x86(code: bytes, relocs: list[tuple[int, str, str]], arch: ir.Arch) 
                 problems.append(f"'{instructions[-1]}' is RIP-relative, and the patcher does not relocate it")
         if insn.group(capstone.CS_GRP_JUMP) or insn.group(capstone.CS_GRP_CALL):
             target = insn.operands[0] if insn.operands else None
-            if target is not None and target.type == x86_const.X86_OP_IMM and not 0 <= target.imm <= len(code):
-                problems.append(
-                    f"'{instructions[-1]}' branches outside the template, and the patcher does not relocate it"
-                )
+            if target is not None and target.type == x86_const.X86_OP_IMM:
+                relative_branch = True  # a prefix between it and its target would move the target
+                if not 0 <= target.imm <= len(code):
+                    problems.append(
+                        f"'{instructions[-1]}' branches outside the template, and the patcher does not relocate it"
+                    )
     if decoded != len(code):
         problems.append(f"bytes {code[decoded:].hex()} at offset {decoded} do not decode")
     for offset, kind, symbol in relocs:
         problems.append(_unrelocated(symbol, kind, offset))
-    return _assembled(arch, code, instructions, written, [], problems)
+    return _assembled(arch, code, instructions, written, [], problems, () if relative_branch else prefixable)
+
+
+# Legacy prefix bytes (lock/rep, segment overrides, operand and address size).
+_LEGACY_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67")
+_SEGMENT_OVERRIDES = frozenset(b"\x2e\x36\x3e\x26\x64\x65")
+
+
+def _legacy_prefixes(instruction: bytes) -> int:
+    """How many legacy prefix bytes an x86 instruction starts with."""
+    count = 0
+    while count < len(instruction) and instruction[count] in _LEGACY_PREFIXES:
+        count += 1
+    return count
 
 
 def _ia64_listing(text: str) -> dict[int, list[str]]:
@@ -370,6 +395,7 @@ def _assembled(
     written: set[str],
     relocations: list[ir.Relocation],
     problems: list[str],
+    prefixable: Iterable[tuple[int, int, int]] = (),
 ) -> Assembled:
     """One text's result, with written registers in the arch's order and each problem once."""
     order = {r: i for i, r in enumerate(arch.registers)}
@@ -379,7 +405,19 @@ def _assembled(
         tuple(sorted(written, key=order.__getitem__)),
         tuple(relocations),
         tuple(dict.fromkeys(problems)),
+        tuple(prefixable),
     )
+
+
+def pad_room(arch: ir.Arch, prefixable: Iterable[tuple[int, int, int]]) -> tuple[tuple[int, int], ...]:
+    """Where a patcher may insert the arch's pad prefix in a template, and how many at each place:
+    up to the per-instruction limit, counting the prefixes an instruction already has, and never
+    past the longest instruction the ISA decodes."""
+    if arch.pad_prefix is None:
+        return ()
+    limit = arch.pad_prefix_limit
+    rooms = ((offset, min(limit - prefixes, ir.X86_MAX_INSTRUCTION - size)) for offset, size, prefixes in prefixable)
+    return tuple((offset, room) for offset, room in rooms if room > 0)
 
 
 def declared_mnemonics(arch: str, text: str) -> list[str]:
@@ -522,6 +560,7 @@ def _verify(request: Request, result: Assembled, arch: ir.Arch, diagnostics: Dia
         fits_site=fits,
         out_of_line=request.out_of_line,
         span=request.span,
+        pad_room=pad_room(arch, result.prefixable),
     )
 
 

@@ -32,6 +32,8 @@ ARCH_PROPERTIES = (
     "direct_call_size",
     "site_type_bits",
     "nops",
+    "pad_prefix",
+    "pad_prefix_limit",
     "assembler",
     "template",
     "const",
@@ -294,6 +296,7 @@ class Checker:
         assembler = block.string("assembler", "the assembler command")
         identity = block.string("identity")
         isa = block.choice("isa", ISAS, "the instruction set: " + " or ".join(ISAS))
+        pad_prefix, pad_limit = self._pad_prefix(block, isa)
         template = block.names("template") or []
         self._unique("group in template", [(str(v.value), v.span) for v in template])
         self.template_spans.update({(name.text, str(v.value)): v.span for v in template})
@@ -322,6 +325,8 @@ class Checker:
                 direct_call_size=int(direct.value),
                 site_type_bits=int(type_bits.value),
                 nops=tuple(str(n.value).lower() for n in nops),
+                pad_prefix=pad_prefix,
+                pad_prefix_limit=pad_limit,
                 assembler=str(assembler.value),
                 identity=str(identity.value) if identity else None,
                 isa=str(isa.value),
@@ -329,6 +334,25 @@ class Checker:
                 constants=constants,
             ),
         )
+
+    def _pad_prefix(self, block: Block, isa: Value | None) -> tuple[str | None, int]:
+        """The redundant prefix byte a patcher may pad a site's instructions with, and how many per instruction."""
+        prefix = block.string("pad_prefix")
+        limit = block.integer("pad_prefix_limit")
+        text = str(prefix.value).lower() if prefix is not None else None
+        if prefix is not None and not re.fullmatch(r"[0-9a-f]{2}", text or ""):
+            self.error(prefix.span, f"pad_prefix '{prefix.value}' is not one byte in hex")
+            text = None
+        if prefix is not None and isa is not None and str(isa.value) != "x86_64":
+            self.error(prefix.span, f"pad_prefix needs variable-length instructions; isa {isa.value} has none")
+            text = None
+        count = int(limit.value) if limit is not None else 0
+        if limit is not None and not 0 <= count <= ir.X86_MAX_INSTRUCTION - 1:
+            self.error(limit.span, f"pad_prefix_limit {limit.text} is not between 0 and {ir.X86_MAX_INSTRUCTION - 1}")
+            count = 0
+        if limit is not None and prefix is None:
+            self.error(limit.span, "pad_prefix_limit without a pad_prefix to pad with")
+        return text, count if text is not None else 0
 
     def _constants(self, block: Block) -> tuple[ir.Constant, ...]:
         constants = []

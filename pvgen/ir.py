@@ -23,6 +23,9 @@ IMPL_KINDS = (IMPL_ASM, IMPL_CALL, IMPL_NOP, IMPL_IDENTITY, IMPL_NATIVE)
 NATIVE = "native"
 
 
+X86_MAX_INSTRUCTION = 15  # bytes: the longest x86 instruction, prefixes included
+
+
 @attrs.frozen
 class Constant:
     name: str
@@ -52,6 +55,8 @@ class Arch:
     direct_call_size: int
     site_type_bits: int
     nops: tuple[str, ...]
+    pad_prefix: str | None  # hex of the redundant prefix that pads a patched instruction (x86-64: CS, 2e)
+    pad_prefix_limit: int  # at most this many pad prefixes per instruction (0: pad with NOPs only)
     assembler: str
     template: tuple[str, ...]
     constants: tuple[Constant, ...]
@@ -309,6 +314,8 @@ class Template:
     fits_site: bool
     out_of_line: bool
     span: SourceSpan
+    # (offset, count): where a patcher may add the arch's pad prefix, and how many (x86 only).
+    pad_room: tuple[tuple[int, int], ...] = ()
 
 
 @attrs.frozen

@@ -1571,7 +1571,9 @@ def test_a_hot_loop_runs_without_capstone(tmp_path: Path, monkeypatch: pytest.Mo
 def _spec_templates() -> list[tuple[str, str, bytes]]:
     """Every returning x86-64 template of the spec that runs at CPL 0 without a hypervisor."""
     from pvgen.generated import pvops_x86_64 as layer
+    from pvgen.runtime.x86.boot import Padder
 
+    padder = Padder.of(layer)
     found = {}
     for op in layer.OPS:
         if op.transfer != "call":
@@ -1579,6 +1581,11 @@ def _spec_templates() -> list[tuple[str, str, bytes]]:
         for hypervisor, impl in sorted(op.impls.items()):
             if impl.template is not None and impl.template not in found.values():
                 found[f"{op.group}.{op.name}/{hypervisor}"] = impl.template
+                if impl.pad and f"{op.group}.{op.name}" not in _NOT_ON_UNICORN:
+                    # The form a patched site takes: every pad prefix the template has room for.
+                    room = sum(count for _, count in impl.pad)
+                    padded = padder.pad([(impl.template, impl.pad)], len(impl.template) + room)
+                    found[f"{op.group}.{op.name}/{hypervisor}/padded"] = padded
     return [(name, name.split("/")[0], code) for name, code in sorted(found.items())]
 
 

@@ -316,25 +316,18 @@ def test_sites_are_patched_by_kind(images: dict[tuple[str, str], Path]) -> None:
     assert set(unpatched.sites) == {"indirect"} and unpatched.ops["irq.irq_disable"].calls == 400
 
 
-def test_asm_macro_sites_cover_the_saves_and_restores(images: dict[tuple[str, str], Path]) -> None:
-    """A SWAPGS site is the pushes, the call and the pops (PARA_SITE); patching replaces all of it."""
+def test_swapgs_sites_are_the_bare_call(images: dict[tuple[str, str], Path]) -> None:
+    """SWAPGS clobbers nothing (Linux 2.6.30+): its site is the 6-byte call, no saves around it,
+    and natively it becomes swapgs with pad prefixes, one instruction; under Xen one NOP."""
     path = images["switch", "paravirt"]
     sites = [site for site in boot.read_sites(path) if site.index == layer.OPS_BY_NAME["cpu.swapgs"].index]
-    assert len(sites) == 2
-    saves = bytes.fromhex("50 51 52 56 57 4150 4151 4152 4153")  # %rax %rcx %rdx %rsi %rdi %r8-%r11
-    restores = bytes.fromhex("415b 415a 4159 4158 5f 5e 5a 59 58")
+    assert len(sites) == 2 and all(site.length == 6 and site.clobbers == 0 for site in sites)
     machine, _ = boot_machine(path, "native", patch=False)
-    for site in sites:
-        data = machine.cpu.memory.read(site.address, site.length)
-        assert data[: len(saves)] == saves and data[len(saves) : len(saves) + 2] == b"\xff\x15"
-        assert data[len(saves) + 6 :] == restores and site.length == len(saves) + 6 + len(restores)
-    nops = set(layer.NOPS)
-    for hypervisor, head in (("native", b"\x0f\x01\xf8"), ("xen", b"")):
+    assert all(machine.cpu.memory.read(site.address, 2) == b"\xff\x15" for site in sites)
+    for hypervisor, expected in (("native", b"\x2e\x2e\x2e\x0f\x01\xf8"), ("xen", b"\x66\x0f\x1f\x44\x00\x00")):
         machine, _ = boot_machine(path, hypervisor, patch=True)
         for site in sites:
-            data = machine.cpu.memory.read(site.address, site.length)
-            assert data == head + boot.nop_fill(layer.NOPS, site.length - len(head)), hypervisor
-            assert all(nop in nops for nop in _split_nops(data[len(head) :])), hypervisor
+            assert machine.cpu.memory.read(site.address, site.length) == expected, hypervisor
 
 
 def _split_nops(data: bytes) -> list[bytes]:
@@ -371,28 +364,67 @@ def _call(qualname: str, offset: int) -> bytes:
     return b"\xff\x15" + struct.pack("<i", 0x8000 + op.index * 8 - (0x1000 + offset + 6))
 
 
+CS = b"\x2e"  # the x86-64 pad prefix: a CS override, ignored in 64-bit mode
+
+
 def test_whole_sites_are_patched_safely() -> None:
     disable = b"\x50" + _call("irq.irq_disable", 1) + b"\x58"  # DISABLE_INTERRUPTS(CLBR_NONE)
     _, data = _patch_one("native", "irq.irq_disable", disable, 0x1)
-    assert data == b"\xfa" + boot.nop_fill(layer.NOPS, 7)  # cli writes no register: the push and pop go
-    # xen_irq_disable_direct keeps every register but %rax: the %rax save stays around the direct call.
+    # cli writes no register, so the push and pop go; five pad prefixes, then one 2-byte NOP.
+    assert data == CS * 5 + b"\xfa" + b"\x66\x90"
+    # xen_irq_disable_direct keeps every register but %rax: the %rax save stays around the direct
+    # call, which takes the spare byte as a prefix (`cs call`), so rel32 counts from its real end.
     report, data = _patch_one("xen", "irq.irq_disable", disable, 0x1)
     assert report.by_kind == {"call": 1}
-    assert data == b"\x50\xe8" + struct.pack("<i", 0x9000 - 0x1006) + b"\x58\x90"
+    assert data == b"\x50" + CS + b"\xe8" + struct.pack("<i", 0x9000 - 0x1007) + b"\x58"
     # A template that writes a saved register (pushfq; popq %rax) stays inside the saves.
     save = b"\x50" + _call("irq.save_fl", 1) + b"\x58"
     _, data = _patch_one("native", "irq.save_fl", save, 0x1)
-    assert data == b"\x50\x9c\x58" + boot.nop_fill(layer.NOPS, 4) + b"\x58"
+    assert data == CS * 4 + b"\x50\x9c\x58\x58"
     # GET_CR2_INTO(%rdx): mov %cr2, %rax stays inside the saves; Xen's plain C call keeps them all too.
     saves = (0, 1, 6, 7, 8, 9, 10, 11)  # all but %rdx
     pushes = b"".join(bytes([0x41, 0x50 + r - 8]) if r >= 8 else bytes([0x50 + r]) for r in saves)
     pops = b"".join(bytes([0x41, 0x58 + r - 8]) if r >= 8 else bytes([0x58 + r]) for r in reversed(saves))
     cr2 = pushes + _call("mmu.read_cr2", len(pushes)) + b"\x48\x89\xc2" + pops
     _, data = _patch_one("native", "mmu.read_cr2", cr2, 0x1FF)
-    assert data == pushes + b"\x0f\x20\xd0" + boot.nop_fill(layer.NOPS, 3) + b"\x48\x89\xc2" + pops
+    assert data == CS * 3 + pushes + b"\x0f\x20\xd0" + b"\x48\x89\xc2" + pops
     _, data = _patch_one("xen", "mmu.read_cr2", cr2, 0x1FF)
-    call = b"\xe8" + struct.pack("<i", 0x9000 - (0x1000 + len(pushes) + 5))
-    assert data == pushes + call + b"\x48\x89\xc2" + pops + b"\x90"
+    call = CS + b"\xe8" + struct.pack("<i", 0x9000 - (0x1000 + len(pushes) + 6))
+    assert data == pushes + call + b"\x48\x89\xc2" + pops
+
+
+def test_padding_prefers_prefixes_and_long_nops() -> None:
+    padder = boot.Padder.of(layer)
+    assert padder.prefix == CS and padder.limit == 5
+    # Room for five prefixes per instruction: two instructions absorb up to ten bytes.
+    assert padder.pad([(b"\x9c\x58", ((0, 5), (1, 5)))], 6) == CS * 4 + b"\x9c\x58"
+    assert padder.pad([(b"\x9c\x58", ((0, 5), (1, 5)))], 12) == CS * 5 + b"\x9c" + CS * 5 + b"\x58"
+    # What prefixes cannot absorb is NOPs, the longest first (an eight-byte NOP with prefixes).
+    assert (
+        padder.pad([(b"\xfa", ((0, 5),))], 20)
+        == CS * 5 + b"\xfa" + CS * 5 + bytes.fromhex("0f1f840000000000") + b"\x90"
+    )
+    assert padder.nops_for(13) == CS * 5 + bytes.fromhex("0f1f840000000000")
+    assert padder.nops_for(3) == bytes.fromhex("0f1f00")
+    # A template with no pad room (a relative branch, a segment override) is padded with NOPs only.
+    assert padder.pad([(b"\x0f\x0b", ())], 6) == b"\x0f\x0b" + bytes.fromhex("0f1f4000")
+
+
+def test_templates_with_branches_or_segment_overrides_have_no_pad_room() -> None:
+    from pvgen import assemble
+    from pvgen.cli import load_and_check
+
+    spec, _, _ = load_and_check([str(Path(__file__).resolve().parent.parent / "spec")])
+    assert spec is not None
+    arch = next(a for a in spec.arches if a.name == "x86_64")
+    assert arch.pad_prefix == "2e" and arch.pad_prefix_limit == 5
+    # cli; pushfq; popq %rax: every instruction takes prefixes, up to the limit.
+    assert assemble.pad_room(arch, assemble._decode_x86(b"\xfa", [], arch).prefixable) == ((0, 5),)
+    # movb $1, %gs:8 has a segment override: no room. A jz inside a template: no room anywhere.
+    assert assemble._decode_x86(bytes.fromhex("65c604250800000001"), [], arch).prefixable == ()
+    assert assemble._decode_x86(bytes.fromhex("85c07401fa"), [], arch).prefixable == ()
+    # An operand-size prefix counts against the limit.
+    assert assemble.pad_room(arch, assemble._decode_x86(bytes.fromhex("6690"), [], arch).prefixable) == ((0, 4),)
 
 
 def test_a_site_whose_saves_do_not_match_is_refused() -> None:

@@ -39,6 +39,10 @@ DIRECT_CALL_SIZE = 16
 SITE_TYPE_BITS = 64
 NOPS = tuple(bytes.fromhex(nop) for nop in ["00000000010000000002000000000400"])
 IDENTITY_TEMPLATE = None
+# A patched site is padded first with this redundant prefix, at most PAD_PREFIX_LIMIT per
+# instruction and only where a template's pad room allows; the rest is NOPs.
+PAD_PREFIX = None
+PAD_PREFIX_LIMIT = 0
 CLOBBER_BITS = {}
 ARG_REGISTERS = ("r8", "r9", "r10", "r11", "r14")
 RETURN_REGISTERS = ("r8",)
@@ -55,6 +59,7 @@ class Impl:
     preserves_registers: bool  # a callee_save target that needs no thunk
     relocations: tuple[tuple[int, str, str], ...]
     location: str
+    pad: tuple[tuple[int, int], ...]  # (offset, count): where the template may take pad prefixes
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class Decision:
     code: bytes = b""  # for inline
     symbol: str | None = None  # for call and jump
     reason: str = ""
+    pad: tuple[tuple[int, int], ...] = ()  # for inline: where `code` may take pad prefixes
 
 
 class MaskError(ValueError):
@@ -103,16 +109,18 @@ _TABLES = json.loads(Path(__file__).with_suffix(".json").read_text())
 CLOBBER_SETS = tuple(tuple(registers) for registers in _TABLES["clobber_sets"])
 # name, group, index, category, transfer, callee_save, returns_value, params, clobber set, clobber mask, location
 OP_ROWS = tuple(tuple(row) for row in _TABLES["ops"])
-# owner: {hypervisor: (kind, symbol, template hex, inline, preserves_registers, relocations, location)}
+# owner: {hypervisor: (kind, symbol, template hex, inline, preserves_registers, relocations, location, pad)}
 IMPL_ROWS = _TABLES["impls"]
+IDENTITY_PAD = tuple((offset, count) for offset, count in _TABLES["identity_pad"])
 # op, variant, patch type, clobber set, location
 VARIANT_ROWS = tuple(tuple(row) for row in _TABLES["variants"])
 
 
 def _impl(row: tuple) -> Impl:  # type: ignore[type-arg]
-    kind, symbol, template, inline, preserves, relocations, location = row
+    kind, symbol, template, inline, preserves, relocations, location, pad = row
     code = bytes.fromhex(template) if template is not None else None
-    return Impl(kind, symbol, code, inline, preserves, tuple(tuple(r) for r in relocations), location)
+    room = tuple((offset, count) for offset, count in pad)
+    return Impl(kind, symbol, code, inline, preserves, tuple(tuple(r) for r in relocations), location, room)
 
 
 def _ops() -> tuple[Op, ...]:
@@ -253,10 +261,10 @@ def patch_decision(index: int, hypervisor: str, site_length: int, masked: frozen
     if impl.kind == "nop" and not op.returns_value:
         return Decision("nop", reason="the op does nothing here")
     if impl.kind == "identity" and IDENTITY_TEMPLATE is not None and len(IDENTITY_TEMPLATE) <= site_length:
-        return Decision("inline", IDENTITY_TEMPLATE, reason="identity")
+        return Decision("inline", IDENTITY_TEMPLATE, reason="identity", pad=IDENTITY_PAD)
     if impl.kind == "asm" and impl.inline and impl.template is not None and len(impl.template) <= site_length:
         if not impl.relocations:
-            return Decision("inline", impl.template, reason="template fits the site")
+            return Decision("inline", impl.template, reason="template fits the site", pad=impl.pad)
     if site_length < DIRECT_CALL_SIZE:
         return Decision("indirect", reason=f"site of {site_length} bytes is too small for a direct call")
     if impl.kind == "identity":
@@ -265,4 +273,4 @@ def patch_decision(index: int, hypervisor: str, site_length: int, masked: frozen
         return Decision("call", symbol="pvgen_nop", reason="nop that returns a value")
     kind = "jump" if op.transfer == "jump" else "call"
     return Decision(kind, symbol=out_of_line_symbol(op, hypervisor, impl), reason="direct " + kind)
-# pvgen: formatted from 83f0350adc19af1428c70333334af658fde0edc7030cb3d65ef2ea30e1fe6d68
+# pvgen: formatted from 3af8f869de99fbb2cf6e3c78c1e9dc198cd1ef370533172dad84b54fd4f19d20

@@ -12,7 +12,8 @@ from pvgen.backends import JSON, PYTHON, Output, banner, render_template
 
 
 def _impl_row(op: ir.Op, impl: ir.Impl, templates: dict[tuple[str, str, str], ir.Template], owner: str) -> list[Any]:
-    """One implementation as a short tuple literal: kind, symbol, template hex, inline, preserves, relocs, location."""
+    """One implementation as a short tuple literal: kind, symbol, template hex, inline, preserves, relocs,
+    location, pad room."""
     template = templates.get((op.arch, owner, impl.hypervisor))
     fields: list[Any] = [
         impl.kind,
@@ -22,6 +23,7 @@ def _impl_row(op: ir.Op, impl: ir.Impl, templates: dict[tuple[str, str, str], ir
         impl.preserves_registers,
         [[r.offset, r.kind, r.symbol] for r in template.relocations] if template else [],
         impl.span.location,
+        [list(p) for p in template.pad_room] if template else [],
     ]
     return fields
 
@@ -76,6 +78,9 @@ def _tables(build: ir.Build, arch: ir.Arch, templates: dict[tuple[str, str, str]
         "arch": arch.name,
         "nops": list(arch.nops),
         "identity": identity.code.hex() if identity else None,
+        "identity_pad": [list(p) for p in identity.pad_room] if identity else [],
+        "pad_prefix": arch.pad_prefix,
+        "pad_prefix_limit": arch.pad_prefix_limit,
         "clobber_bits": dict(arch.clobber_bits),
         "clobber_sets": [list(c) for c in clobber_sets],
         "ops": op_rows,

@@ -14,6 +14,10 @@ DIRECT_CALL_SIZE = ${arch.direct_call_size}
 SITE_TYPE_BITS = ${arch.site_type_bits}
 NOPS = tuple(bytes.fromhex(nop) for nop in ${repr(nops)})
 IDENTITY_TEMPLATE = ${"bytes.fromhex(%r)" % identity if identity else "None"}
+# A patched site is padded first with this redundant prefix, at most PAD_PREFIX_LIMIT per
+# instruction and only where a template's pad room allows; the rest is NOPs.
+PAD_PREFIX = ${"bytes.fromhex(%r)" % arch.pad_prefix if arch.pad_prefix else "None"}
+PAD_PREFIX_LIMIT = ${arch.pad_prefix_limit}
 CLOBBER_BITS = ${repr(clobber_bits)}
 ARG_REGISTERS = ${repr(arch.args)}
 RETURN_REGISTERS = ${repr(arch.returns)}
@@ -30,6 +34,7 @@ class Impl:
     preserves_registers: bool  # a callee_save target that needs no thunk
     relocations: tuple[tuple[int, str, str], ...]
     location: str
+    pad: tuple[tuple[int, int], ...]  # (offset, count): where the template may take pad prefixes
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class Decision:
     code: bytes = b""  # for inline
     symbol: str | None = None  # for call and jump
     reason: str = ""
+    pad: tuple[tuple[int, int], ...] = ()  # for inline: where `code` may take pad prefixes
 
 
 class MaskError(ValueError):
@@ -78,16 +84,18 @@ _TABLES = json.loads(Path(__file__).with_suffix(".json").read_text())
 CLOBBER_SETS = tuple(tuple(registers) for registers in _TABLES["clobber_sets"])
 # name, group, index, category, transfer, callee_save, returns_value, params, clobber set, clobber mask, location
 OP_ROWS = tuple(tuple(row) for row in _TABLES["ops"])
-# owner: {hypervisor: (kind, symbol, template hex, inline, preserves_registers, relocations, location)}
+# owner: {hypervisor: (kind, symbol, template hex, inline, preserves_registers, relocations, location, pad)}
 IMPL_ROWS = _TABLES["impls"]
+IDENTITY_PAD = tuple((offset, count) for offset, count in _TABLES["identity_pad"])
 # op, variant, patch type, clobber set, location
 VARIANT_ROWS = tuple(tuple(row) for row in _TABLES["variants"])
 
 
 def _impl(row: tuple) -> Impl:  # type: ignore[type-arg]
-    kind, symbol, template, inline, preserves, relocations, location = row
+    kind, symbol, template, inline, preserves, relocations, location, pad = row
     code = bytes.fromhex(template) if template is not None else None
-    return Impl(kind, symbol, code, inline, preserves, tuple(tuple(r) for r in relocations), location)
+    room = tuple((offset, count) for offset, count in pad)
+    return Impl(kind, symbol, code, inline, preserves, tuple(tuple(r) for r in relocations), location, room)
 
 
 def _ops() -> tuple[Op, ...]:
@@ -215,10 +223,10 @@ def patch_decision(index: int, hypervisor: str, site_length: int, masked: frozen
     if impl.kind == "nop" and not op.returns_value:
         return Decision("nop", reason="the op does nothing here")
     if impl.kind == "identity" and IDENTITY_TEMPLATE is not None and len(IDENTITY_TEMPLATE) <= site_length:
-        return Decision("inline", IDENTITY_TEMPLATE, reason="identity")
+        return Decision("inline", IDENTITY_TEMPLATE, reason="identity", pad=IDENTITY_PAD)
     if impl.kind == "asm" and impl.inline and impl.template is not None and len(impl.template) <= site_length:
         if not impl.relocations:
-            return Decision("inline", impl.template, reason="template fits the site")
+            return Decision("inline", impl.template, reason="template fits the site", pad=impl.pad)
     if site_length < DIRECT_CALL_SIZE:
         return Decision("indirect", reason=f"site of {site_length} bytes is too small for a direct call")
     if impl.kind == "identity":

@@ -9,7 +9,9 @@ the pops after it. The rewrite: the inline template over the whole site when it 
 registers the caller's clobbers allow (else in place of the call, the saves kept), a direct
 `e8`/`e9 rel32` call or jump (the saves kept, but for the return register when the target
 preserves the others), NOPs for an op that does nothing, or left as the indirect call. The
-rest of the site is padded with the arch's NOP forms.
+rest of the site is padded: with the arch's redundant pad prefix on the patched
+instructions where the build recorded room for it (a `cs call` for a direct call), then
+with the fewest NOPs for what prefixes cannot absorb.
 """
 
 from __future__ import annotations
@@ -182,6 +184,54 @@ def nop_fill(nops: Sequence[bytes], length: int) -> bytes:
     return out
 
 
+@attrs.frozen
+class Padder:
+    """Pads patched code to a site's length: the arch's redundant prefix first, on instructions
+    with room for it, then NOPs for what prefixes cannot absorb. A padded instruction does what
+    it did (a CS override is ignored in 64-bit mode) and the NOP it saves no longer executes."""
+
+    nops: tuple[bytes, ...]
+    prefix: bytes | None
+    limit: int
+
+    @classmethod
+    def of(cls, layer: ModuleType) -> Padder:
+        return cls(tuple(layer.NOPS), layer.PAD_PREFIX, layer.PAD_PREFIX_LIMIT)
+
+    def pad(self, pieces: Sequence[tuple[bytes, Sequence[tuple[int, int]]]], length: int) -> bytes:
+        """`pieces` (code, [(offset, room)]) joined and padded to `length` bytes, prefixes placed
+        greedily from the first instruction with room."""
+        spare = length - sum(len(code) for code, _ in pieces)
+        out = bytearray()
+        for code, rooms in pieces:
+            start = 0
+            for offset, room in rooms:
+                take = min(room, spare) if self.prefix else 0
+                out += code[start:offset] + self.prefix * take if take else code[start:offset]
+                spare -= take
+                start = offset
+            out += code[start:]
+        return bytes(out) + self.nops_for(spare)
+
+    def nops_for(self, length: int) -> bytes:
+        """The fewest NOP instructions that fill `length` bytes: the longest NOP form takes pad
+        prefixes too (as Linux's and gas's NOPs past eight bytes are prefixed forms)."""
+        if not self.prefix or not self.limit or not self.nops:
+            return nop_fill(self.nops, length)
+        longest = max(self.nops, key=len)
+        reach = len(longest) + self.limit
+        out = b""
+        while len(out) < length:
+            take = min(reach, length - len(out))
+            extra = take - len(longest)
+            out += self.prefix * extra + longest if extra > 0 else nop_fill(self.nops, take)
+        return out
+
+    def whole(self, code: bytes) -> tuple[bytes, tuple[tuple[int, int], ...]]:
+        """A single instruction built here (push, pop, move, direct call) as a piece with full room."""
+        return code, ((0, self.limit),) if self.prefix and self.limit else ()
+
+
 def implementation_symbol(layer: ModuleType, op: Any, hypervisor: str, masked: frozenset[str]) -> str:
     """The function a hypervisor's table slot holds for an op."""
     impl = layer.effective_impl(op, hypervisor, masked)
@@ -227,8 +277,8 @@ def patch_sites(
         raise BootError(f"the image has sites but no '{TABLE_SYMBOL}' table")
     by_kind: Counter[str] = Counter()
     by_op: dict[str, Counter[str]] = {}
-    decisions: dict[tuple[int, int], bytes | tuple[str, str]] = {}
-    nops = layer.NOPS
+    decisions: dict[int, tuple[bytes, tuple[tuple[int, int], ...]] | tuple[str, str]] = {}
+    padder = Padder.of(layer)
     for site in sites:
         op = layer.OPS_BY_INDEX.get(site.index)
         if op is None:
@@ -249,11 +299,14 @@ def patch_sites(
         if decision is None:
             decision = _decide(layer, op, hypervisor, masked, CALL_SIZE, table.get(qualname, ""))
             decisions[site.index] = decision
-        if isinstance(decision, bytes):
-            code = decision
+        if isinstance(decision[0], bytes):
+            code, pad = decision
             kind = "inline" if code and code != UD2 else ("bug" if code == UD2 else "nop")
             if kind == "inline" and not _inline_covers_site(layer, code, site, shape):
-                code = _around(current, shape, code + nop_fill(nops, CALL_SIZE - len(code)), shape.saves)
+                pieces = _around(padder, shape, (code, pad), shape.saves)
+            else:
+                pieces = [(code, pad)]
+            code = padder.pad(pieces, site.length)
         else:
             kind, symbol = decision
             if kind == "indirect":
@@ -268,12 +321,18 @@ def patch_sites(
             if impl.kind == "call" and impl.preserves_registers and symbol == impl.symbol:
                 returns = {GPR64.index(r) for r in layer.RETURN_REGISTERS}
                 saves = tuple(r for r in saves if r in returns)  # the target keeps every other register
+            # The call takes its own pad prefixes (a `cs call`, as Linux's retpoline sites are
+            # built) before anything after it, so its end, and with it rel32, is known here.
             call = sum(len(_push(r)) for r in saves)
-            delta = target - (site.address + call + 5)
+            rest = 5 + len(shape.move) + sum(len(_pop(r)) for r in saves)
+            prefixes = min(padder.limit, site.length - call - rest) if padder.prefix else 0
+            delta = target - (site.address + call + prefixes + 5)
             if not -(1 << 31) <= delta < (1 << 31):
                 raise BootError(f"site at {site.address:#x}: '{symbol}' at {target:#x} is out of rel32 range")
-            code = _around(current, shape, (b"\xe9" if kind == "jump" else b"\xe8") + struct.pack("<i", delta), saves)
-        write(site.address, code + nop_fill(nops, site.length - len(code)))
+            opcode = b"\xe9" if kind == "jump" else b"\xe8"
+            branch = (padder.prefix or b"") * prefixes + opcode + struct.pack("<i", delta)
+            code = padder.pad(_around(padder, shape, (branch, ()), saves, pad_saves=False), site.length)
+        write(site.address, code)
         by_kind[kind] += 1
         by_op.setdefault(qualname, Counter())[kind] += 1
     return PatchReport(
@@ -284,9 +343,17 @@ def patch_sites(
     )
 
 
-def _around(current: bytes, shape: SiteShape, middle: bytes, saves: Sequence[int]) -> bytes:
-    """A site's sequence with `middle` in place of the indirect call and only `saves` kept."""
-    return b"".join(map(_push, saves)) + middle + shape.move + b"".join(map(_pop, reversed(saves)))
+Piece = tuple[bytes, Sequence[tuple[int, int]]]
+
+
+def _around(
+    padder: Padder, shape: SiteShape, middle: Piece, saves: Sequence[int], pad_saves: bool = True
+) -> list[Piece]:
+    """A site's sequence with `middle` in place of the indirect call and only `saves` kept, as
+    pieces for the padder (the pushes take no prefixes when `pad_saves` is off)."""
+    pushes = [padder.whole(_push(r)) if pad_saves else (_push(r), ()) for r in saves]
+    after = [padder.whole(shape.move)] if shape.move else []
+    return [*pushes, middle, *after, *(padder.whole(_pop(r)) for r in reversed(saves))]
 
 
 def _inline_covers_site(layer: ModuleType, code: bytes, site: SiteRecord, shape: SiteShape) -> bool:
@@ -307,13 +374,14 @@ def _inline_covers_site(layer: ModuleType, code: bytes, site: SiteRecord, shape:
 
 def _decide(
     layer: ModuleType, op: Any, hypervisor: str, masked: frozenset[str], length: int, slot_symbol: str
-) -> bytes | tuple[str, str]:
-    """The bytes to write (inline or NOP fill), or (kind, symbol) for a direct call or jump."""
+) -> tuple[bytes, tuple[tuple[int, int], ...]] | tuple[str, str]:
+    """The bytes to write and where they may take pad prefixes (inline, ud2 or nothing), or
+    (kind, symbol) for a direct call or jump."""
     if not slot_symbol:
-        return UD2  # no implementation in this image: Linux patches a NULL op to ud2
+        return UD2, ()  # no implementation in this image: Linux patches a NULL op to ud2
     decision = layer.patch_decision(op.index, hypervisor, length, masked)
     if decision.kind in ("inline", "nop"):
-        return bytes(decision.code)
+        return bytes(decision.code), tuple(decision.pad)
     if decision.kind == "indirect":
         return ("indirect", "")
     return (decision.kind, slot_symbol if decision.kind in ("call", "jump") else str(decision.symbol))

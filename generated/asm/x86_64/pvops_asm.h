@@ -101,9 +101,9 @@
 #define PV_OP_CPU_READ_PMC_OFFSET                   248 /* spec/x86_64/cpu.pvspec:263 */
 #define PV_OP_CPU_USERGS_SYSRET64_OFFSET            256 /* spec/x86_64/cpu.pvspec:274 */
 #define PV_OP_CPU_IRET_OFFSET                       264 /* spec/x86_64/cpu.pvspec:287 */
-#define PV_OP_CPU_SWAPGS_OFFSET                     272 /* spec/x86_64/cpu.pvspec:298 */
-#define PV_OP_CPU_START_CONTEXT_SWITCH_OFFSET       280 /* spec/x86_64/cpu.pvspec:308 */
-#define PV_OP_CPU_END_CONTEXT_SWITCH_OFFSET         288 /* spec/x86_64/cpu.pvspec:317 */
+#define PV_OP_CPU_SWAPGS_OFFSET                     272 /* spec/x86_64/cpu.pvspec:300 */
+#define PV_OP_CPU_START_CONTEXT_SWITCH_OFFSET       280 /* spec/x86_64/cpu.pvspec:311 */
+#define PV_OP_CPU_END_CONTEXT_SWITCH_OFFSET         288 /* spec/x86_64/cpu.pvspec:320 */
 #define PV_OP_IRQ_SAVE_FL_OFFSET                    296 /* spec/x86_64/irq.pvspec:15 */
 #define PV_OP_IRQ_RESTORE_FL_OFFSET                 304 /* spec/x86_64/irq.pvspec:28 */
 #define PV_OP_IRQ_IRQ_DISABLE_OFFSET                312 /* spec/x86_64/irq.pvspec:40 */
@@ -264,7 +264,7 @@
  * Switches between the user and kernel %gs bases where a stack is usable: a call
  * site through cpu.swapgs. Xen PV switches %gs itself, so its op is a NOP and the
  * expansion is empty.
- * paravirt form: call site through cpu.swapgs (slot 34, pv_ops+272), clobbers rax, rcx, rdx, rsi, rdi, r8, r9, r10, r11
+ * paravirt form: call site through cpu.swapgs (slot 34, pv_ops+272), clobbers nothing
  */
 /* spec/x86_64/macros.pvspec:43 */
 .macro __pvgen_SWAPGS
@@ -273,32 +273,14 @@
 #elif defined(PVGEN_INSTANCE_XEN)
 #else
 .Lpvgen_site_\@:
-	pushq %rax
-	pushq %rcx
-	pushq %rdx
-	pushq %rsi
-	pushq %rdi
-	pushq %r8
-	pushq %r9
-	pushq %r10
-	pushq %r11
 	call *pv_ops+PV_OP_CPU_SWAPGS_OFFSET(%rip)
-	popq %r11
-	popq %r10
-	popq %r9
-	popq %r8
-	popq %rdi
-	popq %rsi
-	popq %rdx
-	popq %rcx
-	popq %rax
 .Lpvgen_site_end_\@:
 	.pushsection .pvgen.sites, "a"
 	.balign 8
 	.quad .Lpvgen_site_\@
 	.byte 34
 	.byte .Lpvgen_site_end_\@ - .Lpvgen_site_\@
-	.short 0x1ff
+	.short 0x0
 	.balign 8
 	.popsection
 #endif

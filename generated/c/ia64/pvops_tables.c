@@ -34,7 +34,7 @@
 
 /* Shared bodies of `nop` and `identity` implementations. */
 
-/* does nothing: spec/arches.pvspec:31 */
+/* does nothing: spec/arches.pvspec:40 */
 void pvgen_nop(void);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"
@@ -45,7 +45,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".endp pvgen_nop\n"
     ".popsection\n");
 
-/* does nothing and returns 0: spec/arches.pvspec:31 */
+/* does nothing and returns 0: spec/arches.pvspec:40 */
 void pvgen_ret0(void);
 asm(".pushsection .text, \"ax\"\n"
     ".align 32\n"

@@ -69,9 +69,9 @@
 #define PV_OP_CPU_READ_PMC 31 /* spec/x86_64/cpu.pvspec:263 */
 #define PV_OP_CPU_USERGS_SYSRET64 32 /* spec/x86_64/cpu.pvspec:274 */
 #define PV_OP_CPU_IRET 33 /* spec/x86_64/cpu.pvspec:287 */
-#define PV_OP_CPU_SWAPGS 34 /* spec/x86_64/cpu.pvspec:298 */
-#define PV_OP_CPU_START_CONTEXT_SWITCH 35 /* spec/x86_64/cpu.pvspec:308 */
-#define PV_OP_CPU_END_CONTEXT_SWITCH 36 /* spec/x86_64/cpu.pvspec:317 */
+#define PV_OP_CPU_SWAPGS 34 /* spec/x86_64/cpu.pvspec:300 */
+#define PV_OP_CPU_START_CONTEXT_SWITCH 35 /* spec/x86_64/cpu.pvspec:311 */
+#define PV_OP_CPU_END_CONTEXT_SWITCH 36 /* spec/x86_64/cpu.pvspec:320 */
 #define PV_OP_IRQ_SAVE_FL 37 /* spec/x86_64/irq.pvspec:15 */
 #define PV_OP_IRQ_RESTORE_FL 38 /* spec/x86_64/irq.pvspec:28 */
 #define PV_OP_IRQ_IRQ_DISABLE 39 /* spec/x86_64/irq.pvspec:40 */
@@ -166,9 +166,9 @@
 	X(cpu, read_pmc, 31, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:263 */                   \
 	X(cpu, usergs_sysret64, 32, asm_macro, jump, 0, 0x000) /* spec/x86_64/cpu.pvspec:274 */            \
 	X(cpu, iret, 33, asm_macro, jump, 0, 0x000) /* spec/x86_64/cpu.pvspec:287 */                       \
-	X(cpu, swapgs, 34, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:298 */                     \
-	X(cpu, start_context_switch, 35, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:308 */       \
-	X(cpu, end_context_switch, 36, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:317 */         \
+	X(cpu, swapgs, 34, patchable, call, 0, 0x000) /* spec/x86_64/cpu.pvspec:300 */                     \
+	X(cpu, start_context_switch, 35, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:311 */       \
+	X(cpu, end_context_switch, 36, patchable, call, 0, 0x1ff) /* spec/x86_64/cpu.pvspec:320 */         \
 	X(irq, save_fl, 37, patchable, call, 1, 0x001) /* spec/x86_64/irq.pvspec:15 */                     \
 	X(irq, restore_fl, 38, patchable, call, 1, 0x001) /* spec/x86_64/irq.pvspec:28 */                  \
 	X(irq, irq_disable, 39, patchable, call, 1, 0x001) /* spec/x86_64/irq.pvspec:40 */                 \
@@ -317,9 +317,9 @@ struct pv_cpu_ops {
 	u64 (*read_pmc)(int counter); /* spec/x86_64/cpu.pvspec:263 */
 	void (*usergs_sysret64)(void); /* spec/x86_64/cpu.pvspec:274 */
 	void (*iret)(void); /* spec/x86_64/cpu.pvspec:287 */
-	void (*swapgs)(void); /* spec/x86_64/cpu.pvspec:298 */
-	void (*start_context_switch)(struct task_struct *prev); /* spec/x86_64/cpu.pvspec:308 */
-	void (*end_context_switch)(struct task_struct *next); /* spec/x86_64/cpu.pvspec:317 */
+	void (*swapgs)(void); /* spec/x86_64/cpu.pvspec:300 */
+	void (*start_context_switch)(struct task_struct *prev); /* spec/x86_64/cpu.pvspec:311 */
+	void (*end_context_switch)(struct task_struct *next); /* spec/x86_64/cpu.pvspec:320 */
 };
 
 /* group irq: spec/x86_64/irq.pvspec:7 */
@@ -494,8 +494,8 @@ PVGEN_IMPL u64 native_read_pmc(int counter); /* spec/x86_64/cpu.pvspec:265 */
 PVGEN_IMPL u64 xen_read_pmc(int counter); /* spec/x86_64/cpu.pvspec:266 */
 PVGEN_IMPL void xen_sysret64(void); /* spec/x86_64/cpu.pvspec:279 */
 PVGEN_IMPL void xen_iret(void); /* spec/x86_64/cpu.pvspec:292 */
-PVGEN_IMPL void paravirt_start_context_switch(struct task_struct *prev); /* spec/x86_64/cpu.pvspec:311 */
-PVGEN_IMPL void xen_end_context_switch(struct task_struct *next); /* spec/x86_64/cpu.pvspec:320 */
+PVGEN_IMPL void paravirt_start_context_switch(struct task_struct *prev); /* spec/x86_64/cpu.pvspec:314 */
+PVGEN_IMPL void xen_end_context_switch(struct task_struct *next); /* spec/x86_64/cpu.pvspec:323 */
 PVGEN_IMPL unsigned long xen_save_fl_direct(void); /* spec/x86_64/irq.pvspec:21 */
 PVGEN_IMPL void xen_restore_fl_direct(unsigned long flags); /* spec/x86_64/irq.pvspec:34 */
 PVGEN_IMPL void xen_irq_disable_direct(void); /* spec/x86_64/irq.pvspec:46 */
@@ -1117,7 +1117,7 @@ PVGEN_INLINE u64 pv_read_pmc(int counter)
 #endif
 }
 
-/* cpu.swapgs: spec/x86_64/cpu.pvspec:298 */
+/* cpu.swapgs: spec/x86_64/cpu.pvspec:300 */
 PVGEN_INLINE void pv_swapgs(void)
 {
 #ifdef PVGEN_NATIVE
@@ -1126,12 +1126,12 @@ PVGEN_INLINE void pv_swapgs(void)
 	asm volatile(PVGEN_X86_64_SITE
 	             :
 	             : [slot] "i" (&pv_ops.cpu.swapgs), [type] "i" (PV_OP_CPU_SWAPGS),
-	               [clobbers] "i" (0x1ff)
-	             : "memory", "cc", "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11");
+	               [clobbers] "i" (0x000)
+	             : "memory", "cc");
 #endif
 }
 
-/* cpu.start_context_switch: spec/x86_64/cpu.pvspec:308 */
+/* cpu.start_context_switch: spec/x86_64/cpu.pvspec:311 */
 PVGEN_INLINE void pv_start_context_switch(struct task_struct *prev)
 {
 #ifdef PVGEN_NATIVE
@@ -1147,7 +1147,7 @@ PVGEN_INLINE void pv_start_context_switch(struct task_struct *prev)
 #endif
 }
 
-/* cpu.end_context_switch: spec/x86_64/cpu.pvspec:317 */
+/* cpu.end_context_switch: spec/x86_64/cpu.pvspec:320 */
 PVGEN_INLINE void pv_end_context_switch(struct task_struct *next)
 {
 #ifdef PVGEN_NATIVE

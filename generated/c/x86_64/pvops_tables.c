@@ -99,7 +99,7 @@ asm(".pushsection .text, \"ax\"\n"
     ".size pvgen_native_cpu_iret, . - pvgen_native_cpu_iret\n"
     ".popsection\n");
 
-/* cpu.swapgs under native: spec/x86_64/cpu.pvspec:300 */
+/* cpu.swapgs under native: spec/x86_64/cpu.pvspec:303 */
 void pvgen_native_cpu_swapgs(void);
 asm(".pushsection .text, \"ax\"\n"
     ".globl pvgen_native_cpu_swapgs\n"
@@ -645,9 +645,9 @@ struct pv_ops_template pv_ops = {
 		.read_pmc = native_read_pmc, /* spec/x86_64/cpu.pvspec:265 */
 		.usergs_sysret64 = pvgen_native_cpu_usergs_sysret64, /* spec/x86_64/cpu.pvspec:278 */
 		.iret = pvgen_native_cpu_iret, /* spec/x86_64/cpu.pvspec:291 */
-		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:300 */
-		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:310 */
-		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:319 */
+		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:303 */
+		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:313 */
+		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:322 */
 	},
 	.irq = {
 		.save_fl = pvgen_native_irq_save_fl, /* spec/x86_64/irq.pvspec:20 */
@@ -753,9 +753,9 @@ const struct pv_ops_template pv_ops_native = {
 		.read_pmc = native_read_pmc, /* spec/x86_64/cpu.pvspec:265 */
 		.usergs_sysret64 = pvgen_native_cpu_usergs_sysret64, /* spec/x86_64/cpu.pvspec:278 */
 		.iret = pvgen_native_cpu_iret, /* spec/x86_64/cpu.pvspec:291 */
-		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:300 */
-		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:310 */
-		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:319 */
+		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:303 */
+		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:313 */
+		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:322 */
 	},
 	.irq = {
 		.save_fl = pvgen_native_irq_save_fl, /* spec/x86_64/irq.pvspec:20 */
@@ -861,9 +861,9 @@ const struct pv_ops_template pv_ops_kvm = {
 		.read_pmc = native_read_pmc, /* spec/x86_64/cpu.pvspec:265 */
 		.usergs_sysret64 = pvgen_native_cpu_usergs_sysret64, /* spec/x86_64/cpu.pvspec:278 */
 		.iret = pvgen_native_cpu_iret, /* spec/x86_64/cpu.pvspec:291 */
-		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:300 */
-		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:310 */
-		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:319 */
+		.swapgs = pvgen_native_cpu_swapgs, /* spec/x86_64/cpu.pvspec:303 */
+		.start_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:313 */
+		.end_context_switch = (void (*)(struct task_struct *))pvgen_nop, /* spec/x86_64/cpu.pvspec:322 */
 	},
 	.irq = {
 		.save_fl = pvgen_native_irq_save_fl, /* spec/x86_64/irq.pvspec:20 */
@@ -969,9 +969,9 @@ const struct pv_ops_template pv_ops_xen = {
 		.read_pmc = xen_read_pmc, /* spec/x86_64/cpu.pvspec:266 */
 		.usergs_sysret64 = xen_sysret64, /* spec/x86_64/cpu.pvspec:279 */
 		.iret = xen_iret, /* spec/x86_64/cpu.pvspec:292 */
-		.swapgs = pvgen_nop, /* spec/x86_64/cpu.pvspec:301 */
-		.start_context_switch = paravirt_start_context_switch, /* spec/x86_64/cpu.pvspec:311 */
-		.end_context_switch = xen_end_context_switch, /* spec/x86_64/cpu.pvspec:320 */
+		.swapgs = pvgen_nop, /* spec/x86_64/cpu.pvspec:304 */
+		.start_context_switch = paravirt_start_context_switch, /* spec/x86_64/cpu.pvspec:314 */
+		.end_context_switch = xen_end_context_switch, /* spec/x86_64/cpu.pvspec:323 */
 	},
 	.irq = {
 		.save_fl = xen_save_fl_direct, /* spec/x86_64/irq.pvspec:21 */

@@ -53,7 +53,7 @@ static const unsigned char pvgen_template_kvm_cpu_iret[2] = {
 	0x48, 0xcf
 };
 
-/* cpu.swapgs: swapgs (spec/x86_64/cpu.pvspec:298, spec/x86_64/cpu.pvspec:300) */
+/* cpu.swapgs: swapgs (spec/x86_64/cpu.pvspec:300, spec/x86_64/cpu.pvspec:303) */
 static const unsigned char pvgen_template_kvm_cpu_swapgs[3] = {
 	0x0f, 0x01, 0xf8
 };
