@@ -82,17 +82,20 @@ def _summary(report: RunReport) -> dict[str, Any]:
     }
 
 
-def _nop_bytes(data: bytes) -> tuple[int, int]:
-    """(NOP instructions, NOP bytes) in a patched site's bytes."""
+def _nop_bytes(data: bytes, pad_prefix: bytes | None) -> tuple[int, int, int]:
+    """(NOP instructions, NOP bytes, pad prefix bytes on other instructions) in a patched site's bytes."""
     import capstone
 
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    count = size = 0
+    count = size = prefixes = 0
     for insn in md.disasm(data, 0):
         if insn.mnemonic == "nop":
             count += 1
             size += insn.size
-    return count, size
+        elif pad_prefix:
+            code = bytes(insn.bytes)
+            prefixes += len(code) - len(code.lstrip(pad_prefix))
+    return count, size, prefixes
 
 
 def site_profile(path: Path) -> dict[str, Any]:
@@ -103,17 +106,25 @@ def site_profile(path: Path) -> dict[str, Any]:
     cpu.rflags |= 0x200
     machine.call(machine.symbol(ENTRY_SYMBOL))
     after, _ = execution_counts(cpu, machine.env)
+    from pvgen.generated import pvops_x86_64 as layer
+
     counts = after - before
-    executed = nops = nop_bytes = calls = 0
+    executed = nops = nop_bytes = calls = pad_bytes = empty = 0
     per_site = []
     for site in state["site_records"]:
         n = counts.get(site.address, 0)
         data = cpu.memory.read(site.address, site.length)
-        count, size = _nop_bytes(data)
-        form = "call" if data[:1] == b"\xe8" else "jump" if data[:1] == b"\xe9" else "inline/nop"
+        count, size, prefixes = _nop_bytes(data, layer.PAD_PREFIX)
+        branch = data.lstrip(layer.PAD_PREFIX or b"")[:1]
+        form = "call" if branch == b"\xe8" else "jump" if branch == b"\xe9" else "inline/nop"
+        # An op the native-mode build compiles to nothing (a nop or the identity) still costs its
+        # patched site one instruction, a NOP or a register move: the floor of in-place patching.
+        native = layer.OPS_BY_INDEX[site.index].impls["native"].kind
         executed += n
         nops += n * count
         nop_bytes += n * size
+        pad_bytes += n * prefixes
+        empty += n if native in ("nop", "identity") else 0
         calls += n if form == "call" else 0
         per_site.append(
             {
@@ -123,6 +134,8 @@ def site_profile(path: Path) -> dict[str, Any]:
                 "executions": n,
                 "nop_insns": count,
                 "nop_bytes": size,
+                "pad_prefix_bytes": prefixes,
+                "natively_empty": native in ("nop", "identity"),
             }
         )
     return {
@@ -131,6 +144,8 @@ def site_profile(path: Path) -> dict[str, Any]:
         "call_executions": calls,
         "nop_insns_executed": nops,
         "nop_bytes_executed": nop_bytes,
+        "pad_prefix_bytes_executed": pad_bytes,
+        "natively_empty_executions": empty,
         "per_site": per_site,
     }
 
@@ -165,6 +180,9 @@ def native_overhead(cache: Path, progress: Callable[[str], None]) -> list[dict[s
                 # What the executed NOPs do not explain: the moves, spills and reloads the compiler
                 # places around a site it must treat as a call (class_delta shows them as "mem").
                 "other_instructions": extra - profile["nop_insns_executed"],
+                # Executions of sites whose op is nothing in the native-mode build, one instruction
+                # each at least, as cycles over the native-mode run: what in-place patching cannot remove.
+                "floor_ratio": 1 + profile["natively_empty_executions"] / base.cycles,
                 "class_delta": {k: patched.by_class[k] - base.by_class[k] for k in patched.by_class},
             }
         )
@@ -449,14 +467,15 @@ def format_tables(data: dict[str, Any]) -> list[tuple[str, list[str]]]:
     tables.append(("1. Native overhead (x86-64, bare metal; paravirt image vs native-mode image)", lines))
 
     lines = [
-        f"{'workload':<10}{'sites':>6}{'site execs':>11}{'call execs':>11}{'NOPs exec':>10}{'NOP bytes':>10}"
-        f"{'+insns':>8}{'other':>8}{'+cycles':>9}"
+        f"{'workload':<10}{'sites':>6}{'site execs':>11}{'call execs':>11}{'pad bytes':>10}{'NOPs exec':>10}"
+        f"{'NOP bytes':>10}{'empty execs':>12}{'floor':>8}{'+insns':>8}{'other':>8}{'+cycles':>9}"
     ]
     for row in data["native_overhead"]:
         s = row["sites"]
         lines.append(
             f"{row['workload']:<10}{s['sites']:>6}{s['site_executions']:>11,}{s['call_executions']:>11,}"
-            f"{s['nop_insns_executed']:>10,}{s['nop_bytes_executed']:>10,}{row['extra_instructions']:>8,}"
+            f"{s['pad_prefix_bytes_executed']:>10,}{s['nop_insns_executed']:>10,}{s['nop_bytes_executed']:>10,}"
+            f"{s['natively_empty_executions']:>12,}{_pct(row['floor_ratio']):>8}{row['extra_instructions']:>8,}"
             f"{row['other_instructions']:>8,}{row['extra_cycles']:>9,.0f}"
         )
     tables.append(("1b. Where the patched remainder comes from (bare metal)", lines))
@@ -537,16 +556,18 @@ def _explanation(data: dict[str, Any]) -> list[str]:
         "Target: patched paravirt at most +0.5% cycles over the native-mode image on every workload. "
         + (f"**MISS** on {', '.join(missed)}." if missed else "Met on every workload."),
         "The cost model was not changed to close the gap. What the patched image still pays for, per workload "
-        "(table 1b): every patched site keeps its full call-site length, so an inlined native template "
-        "shorter than the site is padded with NOPs that execute (`NOP bytes`), and a site patched to a direct "
-        "call (an op whose native body is a C function, or a callee-save thunk) adds the call/ret pair and the "
-        "function body (where the native-mode build calls the same function, as for load_sp0, that costs nothing "
-        "extra). `other` is what the NOPs do not explain: the compiler has to treat every site as a call "
-        "that clobbers the declared registers, so it moves arguments into the ABI registers (e.g. `%rdi` for "
-        "restore_fl, `%rax` results), keeps live values out of clobbered registers and spills around "
-        "sites — register pressure the native-mode build (plain inline instructions) does not have; it shows "
-        "up as extra `mem` instructions. Cycles per instruction are the cost model's, so an extra NOP or "
-        "spill costs what it costs natively.",
+        "(table 1b): a patched site keeps its full call-site length. The patcher fills what the native "
+        "instructions leave with redundant CS prefixes on those instructions (`pad bytes`: at most five per "
+        "instruction, ignored in 64-bit mode, no extra instruction) and a direct call becomes `cs call`; only "
+        "what prefixes cannot absorb is NOPs (`NOPs exec`). An op that the native-mode build compiles to "
+        "nothing (a `nop` op such as start_context_switch, or an identity op such as make_pte and pte_val) "
+        "still leaves one instruction at its site, a NOP or a `mov %rdi, %rax`, since the site must hold the "
+        "6-byte call under a hypervisor: `empty execs` counts them and `floor` is their cost over the native "
+        "run, the least any in-place patching leaves. `other` is what the NOPs do not explain: the moves of "
+        "arguments into ABI registers and results out of `%rax`, the identity moves, and the compiler's "
+        "different register allocation around sites it must treat as calls clobbering the declared registers "
+        "(negative where the paravirt build happens to come out shorter). Cycles per instruction are the cost "
+        "model's, so an extra NOP or move costs what it costs natively.",
     ]
     for r in rows:
         s = r["sites"]
@@ -554,7 +575,10 @@ def _explanation(data: dict[str, Any]) -> list[str]:
             f"- {r['workload']}: {_pct(r['cycle_ratio_patched'])} cycles, {_pct(r['insn_ratio_patched'])} "
             f"instructions patched ({_pct(r['cycle_ratio_unpatched'])} unpatched); {s['sites']} sites executed "
             f"{s['site_executions']:,} times ({s['call_executions']:,} as direct calls), "
+            f"{s['pad_prefix_bytes_executed']:,} pad prefix bytes, "
             f"{s['nop_insns_executed']:,} NOPs / {s['nop_bytes_executed']:,} NOP bytes executed; "
+            f"{s['natively_empty_executions']:,} executions of sites the native build does not have "
+            f"(floor {_pct(r['floor_ratio'])}); "
             f"{r['extra_instructions']:,} extra instructions, {r['other_instructions']:,} of them not NOPs "
             f"(by class: {', '.join(f'{k} {v:+,}' for k, v in r['class_delta'].items() if v)})."
         )

@@ -16,6 +16,7 @@ with the fewest NOPs for what prefixes cannot absorb.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -216,6 +217,9 @@ class Padder:
     def nops_for(self, length: int) -> bytes:
         """The fewest NOP instructions that fill `length` bytes: the longest NOP form takes pad
         prefixes too (as Linux's and gas's NOPs past eight bytes are prefixed forms)."""
+        return _nops_for(self, length)
+
+    def _fill(self, length: int) -> bytes:
         if not self.prefix or not self.limit or not self.nops:
             return nop_fill(self.nops, length)
         longest = max(self.nops, key=len)
@@ -279,6 +283,8 @@ def patch_sites(
     by_op: dict[str, Counter[str]] = {}
     decisions: dict[int, tuple[bytes, tuple[tuple[int, int], ...]] | tuple[str, str]] = {}
     padder = Padder.of(layer)
+    # Padded inline and NOP forms depend only on the op, the site's length, clobbers and shape.
+    filled: dict[tuple[int, int, int, SiteShape], bytes] = {}
     for site in sites:
         op = layer.OPS_BY_INDEX.get(site.index)
         if op is None:
@@ -302,11 +308,15 @@ def patch_sites(
         if isinstance(decision[0], bytes):
             code, pad = decision
             kind = "inline" if code and code != UD2 else ("bug" if code == UD2 else "nop")
-            if kind == "inline" and not _inline_covers_site(layer, code, site, shape):
-                pieces = _around(padder, shape, (code, pad), shape.saves)
-            else:
-                pieces = [(code, pad)]
-            code = padder.pad(pieces, site.length)
+            key = (site.index, site.length, site.clobbers, shape)
+            padded = filled.get(key)
+            if padded is None:
+                if kind == "inline" and not _inline_covers_site(layer, code, site, shape):
+                    pieces = _around(padder, shape, (code, pad), shape.saves)
+                else:
+                    pieces = [(code, pad)]
+                padded = filled[key] = padder.pad(pieces, site.length)
+            code = padded
         else:
             kind, symbol = decision
             if kind == "indirect":
@@ -331,7 +341,10 @@ def patch_sites(
                 raise BootError(f"site at {site.address:#x}: '{symbol}' at {target:#x} is out of rel32 range")
             opcode = b"\xe9" if kind == "jump" else b"\xe8"
             branch = (padder.prefix or b"") * prefixes + opcode + struct.pack("<i", delta)
-            code = padder.pad(_around(padder, shape, (branch, ()), saves, pad_saves=False), site.length)
+            if saves or shape.move:
+                code = padder.pad(_around(padder, shape, (branch, ()), saves, pad_saves=False), site.length)
+            else:  # the common C site: the call alone
+                code = branch + padder.nops_for(site.length - len(branch))
         write(site.address, code)
         by_kind[kind] += 1
         by_op.setdefault(qualname, Counter())[kind] += 1
@@ -341,6 +354,11 @@ def patch_sites(
         by_op={name: dict(sorted(kinds.items())) for name, kinds in sorted(by_op.items())},
         table=dict(table),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _nops_for(padder: Padder, length: int) -> bytes:
+    return padder._fill(length)
 
 
 Piece = tuple[bytes, Sequence[tuple[int, int]]]
