@@ -316,14 +316,14 @@ def _decode_x86(code: bytes, relocs: list[tuple[int, str, str]], arch: ir.Arch) 
 
 
 # Legacy prefix bytes (lock/rep, segment overrides, operand and address size).
-_LEGACY_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67")
+LEGACY_PREFIXES = bytes.fromhex("f0 f2 f3 2e 36 3e 26 64 65 66 67")
 _SEGMENT_OVERRIDES = frozenset(b"\x2e\x36\x3e\x26\x64\x65")
 
 
 def _legacy_prefixes(instruction: bytes) -> int:
     """How many legacy prefix bytes an x86 instruction starts with."""
     count = 0
-    while count < len(instruction) and instruction[count] in _LEGACY_PREFIXES:
+    while count < len(instruction) and instruction[count] in LEGACY_PREFIXES:
         count += 1
     return count
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import attrs
 
+from pvgen.assemble import LEGACY_PREFIXES
+
 SITES_SECTION = ".pvgen.sites"
 TABLE_SYMBOL = "pv_ops"
 RECORD = struct.Struct("<QBBH4x")  # instr address, op index, site length, clobbers; 16 bytes
@@ -223,7 +225,8 @@ class Padder:
         if not self.prefix or not self.limit or not self.nops:
             return nop_fill(self.nops, length)
         longest = max(self.nops, key=len)
-        reach = len(longest) + self.limit
+        own = len(longest) - len(longest.lstrip(LEGACY_PREFIXES))  # a 66-prefixed form uses up room
+        reach = len(longest) + max(0, self.limit - own)
         out = b""
         while len(out) < length:
             take = min(reach, length - len(out))
@@ -232,7 +235,7 @@ class Padder:
         return out
 
     def whole(self, code: bytes) -> tuple[bytes, tuple[tuple[int, int], ...]]:
-        """A single instruction built here (push, pop, move, direct call) as a piece with full room."""
+        """A single instruction built here (a push, pop or result move) as a piece with full room."""
         return code, ((0, self.limit),) if self.prefix and self.limit else ()
 
 
