@@ -107,17 +107,21 @@ class TemplateCache:
 
     def get(self, arch: str, assembler: str, text: str) -> Assembled | None:
         entry = self.entries.get(f"{arch} {assembler}", {}).get(text)
-        if entry is None or "prefixable" not in entry:
-            return None  # never seen, or cached before pvgen recorded where prefixes may go
+        try:
+            assembled = Assembled(
+                bytes.fromhex(entry["hex"]),
+                tuple(entry["instructions"]),
+                tuple(entry["written"]),
+                tuple(ir.Relocation(r["offset"], r["kind"], r["symbol"]) for r in entry["relocations"]),
+                tuple(entry["problems"]),
+                tuple((int(offset), int(size), int(prefixes)) for offset, size, prefixes in entry["prefixable"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            # Never seen, cached before pvgen recorded where prefixes may go, or an entry edited
+            # by hand: a miss, so the text is assembled again rather than trusted.
+            return None
         self.used.add((arch, assembler, text))
-        return Assembled(
-            bytes.fromhex(entry["hex"]),
-            tuple(entry["instructions"]),
-            tuple(entry["written"]),
-            tuple(ir.Relocation(r["offset"], r["kind"], r["symbol"]) for r in entry["relocations"]),
-            tuple(entry["problems"]),
-            tuple((offset, size, prefixes) for offset, size, prefixes in entry["prefixable"]),
-        )
+        return assembled
 
     def put(self, arch: str, assembler: str, text: str, assembled: Assembled) -> None:
         self.entries.setdefault(f"{arch} {assembler}", {})[text] = {
@@ -288,7 +292,7 @@ def _decode_x86(code: bytes, relocs: list[tuple[int, str, str]], arch: ir.Arch) 
     decoded = 0
     for insn in md.disasm(code, 0):
         decoded = insn.address + insn.size
-        legacy = _legacy_prefixes(bytes(insn.bytes))
+        legacy = legacy_prefix_count(bytes(insn.bytes))
         if not _SEGMENT_OVERRIDES.intersection(insn.bytes[:legacy]):
             prefixable.append((insn.address, insn.size, legacy))
         instructions.append(f"{insn.mnemonic} {insn.op_str}".strip())
@@ -320,12 +324,9 @@ LEGACY_PREFIXES = bytes.fromhex("f0 f2 f3 2e 36 3e 26 64 65 66 67")
 _SEGMENT_OVERRIDES = frozenset(b"\x2e\x36\x3e\x26\x64\x65")
 
 
-def _legacy_prefixes(instruction: bytes) -> int:
+def legacy_prefix_count(instruction: bytes) -> int:
     """How many legacy prefix bytes an x86 instruction starts with."""
-    count = 0
-    while count < len(instruction) and instruction[count] in LEGACY_PREFIXES:
-        count += 1
-    return count
+    return len(instruction) - len(instruction.lstrip(LEGACY_PREFIXES))
 
 
 def _ia64_listing(text: str) -> dict[int, list[str]]:

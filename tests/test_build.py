@@ -119,6 +119,20 @@ def test_depfile_lists_spec_files_and_templates(workspace: Path) -> None:
     assert "python_layer.py.mako" in deps
 
 
+def test_a_hand_edited_cache_entry_is_assembled_again(workspace: Path) -> None:
+    """A malformed template cache entry is a miss, not a traceback: the text is assembled again."""
+    cache = workspace / "generated" / "templates" / "cache.json"
+    document = json.loads(cache.read_text())
+    entries = document["templates"]["x86_64 as --64"]
+    text = next(iter(entries))
+    entries[text]["prefixable"] = [[1, 2]]  # two fields where three belong
+    cache.write_text(json.dumps(document))
+    code, _, err = run_cli("build", cwd=workspace)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert json.loads(cache.read_text())["templates"]["x86_64 as --64"][text]["prefixable"] != [[1, 2]]
+
+
 def test_cached_templates_need_no_assembler(workspace: Path) -> None:
     """With every template text in the cache, the build runs on a machine without binutils."""
     environment = dict(os.environ, PATH=str(Path(sys.executable).parent))

@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from pvgen.assemble import LEGACY_PREFIXES
+from pvgen.assemble import legacy_prefix_count
 
 SITES_SECTION = ".pvgen.sites"
 TABLE_SYMBOL = "pv_ops"
@@ -225,7 +225,7 @@ class Padder:
         if not self.prefix or not self.limit or not self.nops:
             return nop_fill(self.nops, length)
         longest = max(self.nops, key=len)
-        own = len(longest) - len(longest.lstrip(LEGACY_PREFIXES))  # a 66-prefixed form uses up room
+        own = legacy_prefix_count(longest)  # a 66-prefixed form uses up room
         reach = len(longest) + max(0, self.limit - own)
         out = b""
         while len(out) < length:
