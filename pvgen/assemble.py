@@ -292,9 +292,9 @@ def _decode_x86(code: bytes, relocs: list[tuple[int, str, str]], arch: ir.Arch) 
     decoded = 0
     for insn in md.disasm(code, 0):
         decoded = insn.address + insn.size
-        legacy = legacy_prefix_count(bytes(insn.bytes))
-        if not _SEGMENT_OVERRIDES.intersection(insn.bytes[:legacy]):
-            prefixable.append((insn.address, insn.size, legacy))
+        raw = bytes(insn.bytes)
+        if takes_pad_prefix(raw):
+            prefixable.append((insn.address, insn.size, legacy_prefix_count(raw)))
         instructions.append(f"{insn.mnemonic} {insn.op_str}".strip())
         _, writes = insn.regs_access()
         for reg in writes:
@@ -322,11 +322,24 @@ def _decode_x86(code: bytes, relocs: list[tuple[int, str, str]], arch: ir.Arch) 
 # Legacy prefix bytes (lock/rep, segment overrides, operand and address size).
 LEGACY_PREFIXES = bytes.fromhex("f0 f2 f3 2e 36 3e 26 64 65 66 67")
 _SEGMENT_OVERRIDES = frozenset(b"\x2e\x36\x3e\x26\x64\x65")
+_VEX_ESCAPES = frozenset(b"\xc4\xc5\x62")
 
 
 def legacy_prefix_count(instruction: bytes) -> int:
     """How many legacy prefix bytes an x86 instruction starts with."""
     return len(instruction) - len(instruction.lstrip(LEGACY_PREFIXES))
+
+
+def takes_pad_prefix(instruction: bytes) -> bool:
+    """Whether a redundant segment override may go in front of an x86 instruction: not when it
+    has a segment override already (the last of two is the one that counts) nor before a
+    VEX or EVEX escape (c4, c5, 62 in 64-bit mode), which must follow the legacy prefixes
+    directly."""
+    legacy = legacy_prefix_count(instruction)
+    rest = instruction[legacy:]
+    if _SEGMENT_OVERRIDES.intersection(instruction[:legacy]) or not rest:
+        return False
+    return rest[0] not in _VEX_ESCAPES
 
 
 def _ia64_listing(text: str) -> dict[int, list[str]]:

@@ -11,6 +11,7 @@ with the same RAX and the same memory.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 from pvgen.generated import pvops_x86_64 as layer
 from pvgen.runtime.x86 import boot
+from pvgen.runtime.x86.bench import site_profile
 from pvgen.runtime.x86.boot import BootError
 from pvgen.runtime.x86.hv import costs
 from pvgen.runtime.x86.image import build_image, build_image_from_sources
@@ -318,16 +320,82 @@ def test_sites_are_patched_by_kind(images: dict[tuple[str, str], Path]) -> None:
 
 def test_swapgs_sites_are_the_bare_call(images: dict[tuple[str, str], Path]) -> None:
     """SWAPGS clobbers nothing (Linux 2.6.30+): its site is the 6-byte call, no saves around it,
-    and natively it becomes swapgs with pad prefixes, one instruction; under Xen one NOP."""
+    and natively it becomes swapgs with pad prefixes, one instruction. Under Xen it is nothing:
+    the first site (exit_to_task's first instruction, followed by one instruction before the
+    next site) is one NOP; the second folds into `leaq 1(%rdi), %rax` before it (five pad
+    prefixes) and the `movq %rsp, %rdx` after it (one)."""
     path = images["switch", "paravirt"]
     sites = [site for site in boot.read_sites(path) if site.index == layer.OPS_BY_NAME["cpu.swapgs"].index]
     assert len(sites) == 2 and all(site.length == 6 and site.clobbers == 0 for site in sites)
     machine, _ = boot_machine(path, "native", patch=False)
     assert all(machine.cpu.memory.read(site.address, 2) == b"\xff\x15" for site in sites)
-    for hypervisor, expected in (("native", b"\x2e\x2e\x2e\x0f\x01\xf8"), ("xen", b"\x66\x0f\x1f\x44\x00\x00")):
-        machine, _ = boot_machine(path, hypervisor, patch=True)
-        for site in sites:
-            assert machine.cpu.memory.read(site.address, site.length) == expected, hypervisor
+    machine, state = boot_machine(path, "native", patch=True)
+    for site in sites:
+        assert machine.cpu.memory.read(site.address, site.length) == b"\x2e\x2e\x2e\x0f\x01\xf8"
+    assert not set(state["site_anchors"]) & {site.address for site in sites}
+    machine, state = boot_machine(path, "xen", patch=True)
+    first, second = sorted(sites, key=lambda site: site.address)
+    assert machine.cpu.memory.read(first.address, 6) == b"\x66\x0f\x1f\x44\x00\x00"
+    lea = state["site_anchors"][second.address]
+    assert lea == first.address + 6 and second.address not in state["site_anchors"].values()
+    folded = b"\x2e" * 5 + b"\x48\x8d\x47\x01" + b"\x2e\x48\x89\xe2"  # lea 1(%rdi),%rax; mov %rsp,%rdx
+    assert machine.cpu.memory.read(lea, len(folded)) == folded
+
+
+def _decoded(code: bytes, address: int) -> list[tuple[str, int | None]]:
+    """Each instruction as text without segment overrides (a pad prefix shows as `cs:`) and the
+    absolute target of a RIP-relative operand."""
+    import capstone
+    from capstone import x86_const
+
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    out, size = [], 0
+    for insn in md.disasm(code, address):
+        size += insn.size
+        target = None
+        for operand in insn.operands:
+            if operand.type == x86_const.X86_OP_MEM and operand.mem.base == x86_const.X86_REG_RIP:
+                target = insn.address + insn.size + operand.mem.disp
+            elif insn.group(capstone.CS_GRP_JUMP) or insn.group(capstone.CS_GRP_CALL):
+                target = operand.imm if operand.type == x86_const.X86_OP_IMM else None
+        text = f"{insn.mnemonic} {insn.op_str}".replace("cs:", "").strip()
+        out.append((re.sub(r"\[rip [+-] 0x[0-9a-f]+\]|\[rip [+-] \d+\]", "[rip]", text), target))
+    assert size == len(code), code.hex()
+    return out
+
+
+@pytest.mark.parametrize("hypervisor", ["native", "kvm", "xen"])
+@pytest.mark.parametrize("name", [*WORKLOAD_NAMES, "ops"])
+def test_folded_sites_keep_every_neighbour(images: dict[tuple[str, str], Path], name: str, hypervisor: str) -> None:
+    """Every run boot rewrote to fold a site's padding decodes (capstone) to the instructions it
+    held before, in order, with the site's patched code in place of the call, nothing else: no
+    NOP, and every RIP-relative operand and branch still names the same address."""
+    path = images[name, "paravirt"]
+    original, _ = boot_machine(path, hypervisor, patch=False)
+    machine, state = boot_machine(path, hypervisor, patch=True)
+    sites = {site.address: site for site in state["site_records"]}
+    for address, fold in state["site_folds"].items():
+        site = sites[address]
+        before = original.cpu.memory.read(fold.start, address - fold.start)
+        after = original.cpu.memory.read(address + site.length, fold.end - address - site.length)
+        expected = [
+            *_decoded(before, fold.start),
+            *_decoded(fold.body, address),
+            *_decoded(after, address + site.length),
+        ]
+        rewritten = machine.cpu.memory.read(fold.start, fold.end - fold.start)
+        assert _decoded(rewritten, fold.start) == expected, f"{name} under {hypervisor}: site at {address:#x}"
+        assert not any(text.startswith("nop") for text, _ in _decoded(rewritten, fold.start))
+        assert rewritten.count(b"\x2e") >= fold.pad
+    if name in ("pagetable", "switch") and hypervisor == "native":
+        # Natively, every executed site of an op the native build compiles away (start/end_context_switch;
+        # make_pte and pte_val) is folded: none of them costs an instruction.
+        profile = site_profile(path)
+        empty = [s for s in profile["per_site"] if s["natively_empty"] and s["executions"]]
+        assert empty and all(s["folded_from"] is not None for s in empty)
+        assert profile["folded_executions"] == profile["natively_empty_executions"] > 0
+        assert profile["unfolded_empty_executions"] == profile["nop_insns_executed"] == 0
 
 
 def _split_nops(data: bytes) -> list[bytes]:

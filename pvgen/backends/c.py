@@ -281,11 +281,34 @@ class _Shape:
         # gcc may address the slot through a register it keeps across callee-save sites
         # (`ff 91 disp32`), which is not the shape the patcher rewrites.
         size = self.arch.pointer_size
-        lines = ["771:", self.arch.site_call.replace("%", "%%").replace("{slot}", "%c[slot]"), "772:"]
-        lines += ['.pushsection .pvgen.sites, "a"', f".balign {size}", f"{_DIRECTIVES[size]} 771b"]
-        lines += [f"{_DIRECTIVES.get(self.arch.site_type_bits // 8, '.quad')} %c[type]", ".byte 772b-771b"]
-        lines += [".short %c[clobbers]", f".balign {size}", ".popsection"]
-        return _macro(self.site_macro, _asm_lines(lines, "\n\t"))
+        call = self.arch.site_call.replace("%", "%%").replace("{slot}", "%c[slot]")
+        record = ['.pushsection .pvgen.sites, "a"', f".balign {size}", f"{_DIRECTIVES[size]} 771b"]
+        record += [f"{_DIRECTIVES.get(self.arch.site_type_bits // 8, '.quad')} %c[type]", ".byte 772b-771b"]
+        record += [".short %c[clobbers]", f".balign {size}", ".popsection"]
+        back = f"movq %%{self.arch.returns[0]}, %%{self.arch.args[0]}"
+        return (
+            *_macro(self.site_macro, _asm_lines(["771:", call, "772:", *record], "\n\t")),
+            "",
+            "/* The site of an op whose native form is the identity: the result goes back into the",
+            " * argument register, so that natively the site does nothing at all. */",
+            *_macro(self.in_place_macro, _asm_lines(["771:", call, back, "772:", *record], "\n\t")),
+        )
+
+    @property
+    def in_place_macro(self) -> str:
+        return f"PVGEN_{self.c_name}_SITE_IN_PLACE"
+
+    def in_place(self, op: ir.Op) -> bool:
+        """Whether an op's site leaves its result in its first argument register: a patchable
+        op whose native form is the identity (pte_val, make_pte, ...), so that a native
+        kernel patches the site to nothing rather than to a register move."""
+        return (
+            not self.ia64
+            and op.category == ir.PATCHABLE
+            and op.impl(ir.NATIVE).kind == ir.IMPL_IDENTITY
+            and _returns(op)
+            and bool(op.params)
+        )
 
     def reads(self, text: str, register: str) -> bool:
         """Whether an asm template names the register, at any width."""
@@ -370,6 +393,7 @@ def _register_body(
     extra_inputs: Sequence[str],
     clobbers: Sequence[str],
     statements: Sequence[str] = (),
+    result: str | None = None,
 ) -> list[str]:
     """Register variables for the operands, other statements, the asm, then the (masked) result."""
     body = [
@@ -384,13 +408,14 @@ def _register_body(
     inputs = [*extra_inputs, *(f'"r" (reg_{_identifier(o.register)})' for o in operands if not o.written)]
     body += _asm_statement(asm, outputs, inputs, [*shape.asm_clobbers, *clobbers])
     if _returns(op):
-        body.append(f"return {_result(op, 'reg_' + _identifier(shape.arch.returns[0]))};")
+        body.append(f"return {_result(op, 'reg_' + _identifier(result or shape.arch.returns[0]))};")
     return body
 
 
-def _site_body(op: ir.Op, shape: _Shape, asm: str, inputs: list[str]) -> list[str]:
-    """A call through the slot: arguments in, the result out, every other op clobber declared."""
-    result = shape.arch.returns[0]
+def _site_body(op: ir.Op, shape: _Shape, asm: str, inputs: list[str], in_place: bool = False) -> list[str]:
+    """A call through the slot: arguments in, the result out (in the first argument register
+    for an `in_place` site), every other op clobber declared."""
+    result = shape.arch.args[0] if in_place else shape.arch.returns[0]
     operands: dict[str, _Operand] = {}
     for param, register in _arg_registers(shape.arch, op):
         written = register in op.clobbers or (_returns(op) and register == result)
@@ -398,7 +423,7 @@ def _site_body(op: ir.Op, shape: _Shape, asm: str, inputs: list[str]) -> list[st
     if _returns(op) and result not in operands:
         operands[result] = _Operand(result, None, True)
     others = _quoted(r for r in op.clobbers if r not in operands)
-    return _register_body(op, shape, list(operands.values()), [asm], inputs, others)
+    return _register_body(op, shape, list(operands.values()), [asm], inputs, others, result=result)
 
 
 def _void(op: ir.Op, used: Iterable[str] = ()) -> list[str]:
@@ -634,7 +659,9 @@ class _Layer:
         else:
             inputs = [f'[slot] "i" (&{slot})', f'[type] "i" ({self.type_value(op)})']
             inputs.append(f'[clobbers] "i" ({_clobber_mask(self.arch, op.clobbers):#05x})')
-            paravirt = _site_body(op, self.shape, self.shape.site_macro, inputs)
+            in_place = self.shape.in_place(op)
+            macro = self.shape.in_place_macro if in_place else self.shape.site_macro
+            paravirt = _site_body(op, self.shape, macro, inputs, in_place)
         signature = "PVGEN_INLINE " + _function(op, self.wrapper_name(op))
         indent = [tuple(f"\t{line}" if line else "" for line in body) for body in (paravirt, self.native(op, slot))]
         return WrapperView(op.qualname, signature, op.span.location, *indent)

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,8 @@ def _nop_bytes(data: bytes, pad_prefix: bytes | None) -> tuple[int, int, int]:
 
 
 def site_profile(path: Path) -> dict[str, Any]:
-    """Patched paravirt image on bare metal: site executions by patch form, NOPs executed at sites."""
+    """Patched paravirt image on bare metal: site executions by patch form, NOPs executed at sites,
+    and the sites whose padding boot folded into their neighbours."""
     machine, state = boot_machine(path, "native", patch=True)
     cpu = machine.cpu
     before, _ = execution_counts(cpu, machine.env)
@@ -109,23 +111,31 @@ def site_profile(path: Path) -> dict[str, Any]:
     from pvgen.generated import pvops_x86_64 as layer
 
     counts = after - before
-    executed = nops = nop_bytes = calls = pad_bytes = empty = 0
+    totals: Counter[str] = Counter()
     per_site = []
     for site in state["site_records"]:
-        n = counts.get(site.address, 0)
-        data = cpu.memory.read(site.address, site.length)
+        fold = state["site_folds"].get(site.address)
+        # A folded site's run starts where its first instruction now is, and executes as the site would.
+        n = counts.get(fold.start if fold else site.address, 0)
+        data = fold.body if fold else cpu.memory.read(site.address, site.length)
         count, size, prefixes = _nop_bytes(data, layer.PAD_PREFIX)
+        prefixes += fold.pad if fold else 0
         branch = data.lstrip(layer.PAD_PREFIX or b"")[:1]
         form = "call" if branch == b"\xe8" else "jump" if branch == b"\xe9" else "inline/nop"
-        # An op the native-mode build compiles to nothing (a nop or the identity) still costs its
-        # patched site one instruction, a NOP or a register move: the floor of in-place patching.
+        # An op the native-mode build compiles to nothing (a nop or the identity) costs its site
+        # one instruction, a NOP or a register move, unless boot folded the site away.
         native = layer.OPS_BY_INDEX[site.index].impls["native"].kind
-        executed += n
-        nops += n * count
-        nop_bytes += n * size
-        pad_bytes += n * prefixes
-        empty += n if native in ("nop", "identity") else 0
-        calls += n if form == "call" else 0
+        empty = native in ("nop", "identity")
+        totals.update(
+            site_executions=n,
+            nop_insns_executed=n * count,
+            nop_bytes_executed=n * size,
+            pad_prefix_bytes_executed=n * prefixes,
+            natively_empty_executions=n if empty else 0,
+            folded_executions=n if fold else 0,
+            unfolded_empty_executions=n if empty and not (fold and not fold.body) else 0,
+            call_executions=n if form == "call" else 0,
+        )
         per_site.append(
             {
                 "address": site.address,
@@ -135,19 +145,21 @@ def site_profile(path: Path) -> dict[str, Any]:
                 "nop_insns": count,
                 "nop_bytes": size,
                 "pad_prefix_bytes": prefixes,
-                "natively_empty": native in ("nop", "identity"),
+                "natively_empty": empty,
+                "folded_from": fold.start if fold else None,
             }
         )
-    return {
-        "sites": len(state["site_records"]),
-        "site_executions": executed,
-        "call_executions": calls,
-        "nop_insns_executed": nops,
-        "nop_bytes_executed": nop_bytes,
-        "pad_prefix_bytes_executed": pad_bytes,
-        "natively_empty_executions": empty,
-        "per_site": per_site,
-    }
+    keys = (
+        "site_executions",
+        "call_executions",
+        "nop_insns_executed",
+        "nop_bytes_executed",
+        "pad_prefix_bytes_executed",
+        "natively_empty_executions",
+        "folded_executions",
+        "unfolded_empty_executions",
+    )
+    return {"sites": len(state["site_records"]), **{key: totals[key] for key in keys}, "per_site": per_site}
 
 
 def native_overhead(cache: Path, progress: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -180,9 +192,10 @@ def native_overhead(cache: Path, progress: Callable[[str], None]) -> list[dict[s
                 # What the executed NOPs do not explain: the moves, spills and reloads the compiler
                 # places around a site it must treat as a call (class_delta shows them as "mem").
                 "other_instructions": extra - profile["nop_insns_executed"],
-                # Executions of sites whose op is nothing in the native-mode build, one instruction
-                # each at least, as cycles over the native-mode run: what in-place patching cannot remove.
-                "floor_ratio": 1 + profile["natively_empty_executions"] / base.cycles,
+                # Executions of sites whose op is nothing in the native-mode build and that boot could
+                # not fold away, one instruction each, as cycles over the native-mode run: what
+                # patching left that the native-mode build does not have.
+                "unfolded_ratio": 1 + profile["unfolded_empty_executions"] / base.cycles,
                 "class_delta": {k: patched.by_class[k] - base.by_class[k] for k in patched.by_class},
             }
         )
@@ -468,15 +481,15 @@ def format_tables(data: dict[str, Any]) -> list[tuple[str, list[str]]]:
 
     lines = [
         f"{'workload':<10}{'sites':>6}{'site execs':>11}{'call execs':>11}{'pad bytes':>10}{'NOPs exec':>10}"
-        f"{'NOP bytes':>10}{'empty execs':>12}{'floor':>8}{'+insns':>8}{'other':>8}{'+cycles':>9}"
+        f"{'NOP bytes':>10}{'empty execs':>12}{'folded':>8}{'left':>6}{'+insns':>8}{'other':>8}{'+cycles':>9}"
     ]
     for row in data["native_overhead"]:
         s = row["sites"]
         lines.append(
             f"{row['workload']:<10}{s['sites']:>6}{s['site_executions']:>11,}{s['call_executions']:>11,}"
             f"{s['pad_prefix_bytes_executed']:>10,}{s['nop_insns_executed']:>10,}{s['nop_bytes_executed']:>10,}"
-            f"{s['natively_empty_executions']:>12,}{_pct(row['floor_ratio']):>8}{row['extra_instructions']:>8,}"
-            f"{row['other_instructions']:>8,}{row['extra_cycles']:>9,.0f}"
+            f"{s['natively_empty_executions']:>12,}{s['folded_executions']:>8,}{_pct(row['unfolded_ratio']):>6}"
+            f"{row['extra_instructions']:>8,}{row['other_instructions']:>8,}{row['extra_cycles']:>9,.0f}"
         )
     tables.append(("1b. Where the patched remainder comes from (bare metal)", lines))
 
@@ -558,16 +571,21 @@ def _explanation(data: dict[str, Any]) -> list[str]:
         "The cost model was not changed to close the gap. What the patched image still pays for, per workload "
         "(table 1b): a patched site keeps its full call-site length. The patcher fills what the native "
         "instructions leave with redundant CS prefixes on those instructions (`pad bytes`: at most five per "
-        "instruction, ignored in 64-bit mode, no extra instruction) and a direct call becomes `cs call`; only "
-        "what prefixes cannot absorb is NOPs (`NOPs exec`). An op that the native-mode build compiles to "
-        "nothing (a `nop` op such as start_context_switch, or an identity op such as make_pte and pte_val) "
-        "still leaves one instruction at its site, a NOP or a `mov %rdi, %rax`, since the site must hold the "
-        "6-byte call under a hypervisor: `empty execs` counts them and `floor` is their cost over the native "
-        "run, the least any in-place patching leaves. `other` is what the NOPs do not explain: the moves of "
-        "arguments into ABI registers and results out of `%rax`, the identity moves, and the compiler's "
-        "different register allocation around sites it must treat as calls clobbering the declared registers "
-        "(negative where the paravirt build happens to come out shorter). Cycles per instruction are the cost "
-        "model's, so an extra NOP or move costs what it costs natively.",
+        "instruction, ignored in 64-bit mode, no extra instruction) and a direct call becomes `cs call`. "
+        "An op that the native-mode build compiles to nothing (a `nop` op such as start_context_switch, or an "
+        "identity op such as make_pte and pte_val, whose C site moves the result back into the argument "
+        "register so that natively it is nothing) leaves only padding at its site, which would be one NOP; "
+        "boot folds it into the neighbouring instructions instead, as prefixes on the instruction before the "
+        "site and those after it, which slide over the hole. The build records which neighbours may move "
+        "(no one jumps to or refers to them, nothing PC-relative changes its end; `.pvgen.fold`, written "
+        "after the link from every relocation and decoded branch). `empty execs` counts executions of such "
+        "sites, `folded` the executions of sites boot folded, and `left` the cost of those it could not fold "
+        "(one instruction each) over the native run. Only padding that neither prefixes nor neighbours can "
+        "take is NOPs (`NOPs exec`). `other` is the rest: the moves of arguments into ABI registers and "
+        "results out of them, and the compiler's different register allocation around sites it must treat "
+        "as calls clobbering the declared registers (negative where the paravirt build happens to come out "
+        "shorter). Cycles per instruction are the cost model's, so an extra NOP or move costs what it costs "
+        "natively.",
     ]
     for r in rows:
         s = r["sites"]
@@ -577,8 +595,8 @@ def _explanation(data: dict[str, Any]) -> list[str]:
             f"{s['site_executions']:,} times ({s['call_executions']:,} as direct calls), "
             f"{s['pad_prefix_bytes_executed']:,} pad prefix bytes, "
             f"{s['nop_insns_executed']:,} NOPs / {s['nop_bytes_executed']:,} NOP bytes executed; "
-            f"{s['natively_empty_executions']:,} executions of sites the native build does not have "
-            f"(floor {_pct(r['floor_ratio'])}); "
+            f"{s['natively_empty_executions']:,} executions of sites the native build does not have, "
+            f"{s['folded_executions']:,} executions of folded sites (left {_pct(r['unfolded_ratio'])}); "
             f"{r['extra_instructions']:,} extra instructions, {r['other_instructions']:,} of them not NOPs "
             f"(by class: {', '.join(f'{k} {v:+,}' for k, v in r['class_delta'].items() if v)})."
         )

@@ -25,10 +25,12 @@ from types import ModuleType
 from typing import Any
 
 import attrs
+from pvgen.runtime.x86.sitefold import FOLD_SECTION, SITES_SECTION, FoldError, FoldRoom, Neighbour
+from pvgen.runtime.x86.sitefold import decode as decode_folds
 
 from pvgen.assemble import legacy_prefix_count
+from pvgen.ir import X86_MAX_INSTRUCTION
 
-SITES_SECTION = ".pvgen.sites"
 TABLE_SYMBOL = "pv_ops"
 RECORD = struct.Struct("<QBBH4x")  # instr address, op index, site length, clobbers; 16 bytes
 UD2 = b"\x0f\x0b"  # what a site of an op with no implementation becomes (Linux: ud2a, then BUG)
@@ -157,6 +159,18 @@ class PatchReport:
     by_kind: dict[str, int]
     by_op: dict[str, dict[str, int]]  # "group.op" -> kind -> count
     table: dict[str, str]  # "group.op" -> symbol in its slot ("" for none)
+    folded: dict[int, Folded] = attrs.field(factory=dict)  # by site address
+
+
+@attrs.frozen
+class Folded:
+    """A site whose padding went into its neighbours as pad prefixes."""
+
+    start: int  # the first instruction of the rewritten run: it executes exactly when the site
+    # would (the site's own address may now be inside an instruction)
+    end: int  # the end of the rewritten run (the end of the last neighbour that moved)
+    body: bytes  # what the site patched to, before padding (empty for an op that is nothing)
+    pad: int  # the padding bytes the neighbours took
 
 
 def read_sites(path: str | Path) -> list[SiteRecord]:
@@ -204,6 +218,12 @@ class Padder:
     def pad(self, pieces: Sequence[tuple[bytes, Sequence[tuple[int, int]]]], length: int) -> bytes:
         """`pieces` (code, [(offset, room)]) joined and padded to `length` bytes, prefixes placed
         greedily from the first instruction with room."""
+        code, spare = self.fit(pieces, length)
+        return code + self.nops_for(spare)
+
+    def fit(self, pieces: Sequence[tuple[bytes, Sequence[tuple[int, int]]]], length: int) -> tuple[bytes, int]:
+        """`pieces` joined with as many pad prefixes as they take towards `length` bytes, and
+        the bytes still missing (for NOPs, or for folding into the site's neighbours)."""
         spare = length - sum(len(code) for code, _ in pieces)
         out = bytearray()
         for code, rooms in pieces:
@@ -214,7 +234,7 @@ class Padder:
                 spare -= take
                 start = offset
             out += code[start:]
-        return bytes(out) + self.nops_for(spare)
+        return bytes(out), spare
 
     def nops_for(self, length: int) -> bytes:
         """The fewest NOP instructions that fill `length` bytes: the longest NOP form takes pad
@@ -237,6 +257,83 @@ class Padder:
     def whole(self, code: bytes) -> tuple[bytes, tuple[tuple[int, int], ...]]:
         """A single instruction built here (a push, pop or result move) as a piece with full room."""
         return code, ((0, self.limit),) if self.prefix and self.limit else ()
+
+
+class _Folder:
+    """Moves a site's leftover padding into its neighbours as pad prefixes (see sitefold.py):
+    the instruction before an empty site grows forward over it, the ones after the site slide
+    back. A neighbour serves one site at most, and a PC-relative one must keep its end."""
+
+    def __init__(self, padder: Padder, rooms: Mapping[int, FoldRoom], read: Any) -> None:
+        self.padder = padder
+        self.rooms = rooms
+        self.read = read
+        self.claimed: set[int] = set()
+
+    def _room(self, neighbour: Neighbour) -> int:
+        return max(0, min(self.padder.limit - neighbour.prefixes, X86_MAX_INSTRUCTION - neighbour.length))
+
+    def fold(self, site: SiteRecord, body: bytes, spare: int) -> tuple[int, bytes] | None:
+        """(where the rewritten run starts, its bytes) with `spare` bytes of padding folded away,
+        or None when the neighbours cannot take all of it (the site keeps its NOPs)."""
+        room = self.rooms.get(site.address)
+        prefix = self.padder.prefix
+        if room is None or not prefix:
+            return None
+        start, out, used, remaining = site.address, bytearray(body), [], spare
+        before = room.before
+        if not body and before is not None and before.address not in self.claimed:
+            take = min(self._room(before), remaining)
+            if take:
+                start, out = before.address, bytearray(prefix * take + self.read(before.address, before.length))
+                used.append(before.address)
+                remaining -= take
+        for neighbour in room.after:
+            if not remaining:
+                break
+            take = min(self._room(neighbour), remaining)
+            if neighbour.address in self.claimed or (neighbour.pc_relative and take != remaining):
+                return None
+            out += prefix * take + self.read(neighbour.address, neighbour.length)
+            used.append(neighbour.address)
+            remaining -= take
+        if remaining:
+            return None
+        self.claimed.update(used)
+        return start, bytes(out)
+
+
+def read_folds(path: str | Path) -> dict[int, FoldRoom]:
+    """The fold rooms of the image's `.pvgen.fold` section, by site (none if it has no such section)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with Path(path).open("rb") as stream:
+            section = ELFFile(stream).get_section_by_name(FOLD_SECTION)
+            data = section.data() if section is not None else b""
+        return decode_folds(data)
+    except (ELFError, OSError, struct.error, ValueError) as error:
+        raise BootError(f"{path}: cannot read the ELF image: {error}") from None
+    except FoldError as error:
+        raise BootError(f"{path}: {error}") from None
+
+
+def _move_from_rax(register: int) -> bytes:
+    """`mov %rax, reg` as the site records it (REX.W(.B) 89 /r)."""
+    return bytes([0x49 if register >= 8 else 0x48, 0x89, 0xC0 | (register & 7)])
+
+
+def _identity_undone(layer: ModuleType, code: bytes, site: SiteRecord, shape: SiteShape) -> bool:
+    """Whether an identity template (`mov %rdi, %rax`) at a site that moves the result back into
+    the argument register (`mov %rax, %rdi`) is nothing at all: every register ends as it was
+    but %rax, which the site must then list as clobbered."""
+    if code != layer.IDENTITY_TEMPLATE or shape.saves or not layer.ARG_REGISTERS:
+        return False
+    returns = layer.RETURN_REGISTERS[0]
+    if not site.clobbers >> layer.CLOBBER_BITS[returns] & 1 or returns != "rax":
+        return False
+    return shape.move == _move_from_rax(GPR64.index(layer.ARG_REGISTERS[0]))
 
 
 def implementation_symbol(layer: ModuleType, op: Any, hypervisor: str, masked: frozenset[str]) -> str:
@@ -277,17 +374,22 @@ def patch_sites(
     read: Any,
     write: Any,
     table: Mapping[str, str],
+    folds: Mapping[int, FoldRoom] | None = None,
 ) -> PatchReport:
-    """Rewrites every site; refuses (BootError) a site whose bytes are not the expected indirect call."""
+    """Rewrites every site; refuses (BootError) a site whose bytes are not the expected indirect call.
+    With `folds` (the image's `.pvgen.fold` records), padding that prefixes on the site's own
+    instructions cannot take goes to the neighbours the build recorded, not to a NOP."""
     base = symbols.get(TABLE_SYMBOL)
     if base is None and sites:
         raise BootError(f"the image has sites but no '{TABLE_SYMBOL}' table")
     by_kind: Counter[str] = Counter()
     by_op: dict[str, Counter[str]] = {}
+    folds_done: dict[int, Folded] = {}
     decisions: dict[int, tuple[bytes, tuple[tuple[int, int], ...]] | tuple[str, str]] = {}
     padder = Padder.of(layer)
     # Padded inline and NOP forms depend only on the op, the site's length, clobbers and shape.
-    filled: dict[tuple[int, int, int, SiteShape], bytes] = {}
+    filled: dict[tuple[int, int, int, SiteShape], tuple[bytes, int]] = {}
+    folder = _Folder(padder, folds or {}, read)
     for site in sites:
         op = layer.OPS_BY_INDEX.get(site.index)
         if op is None:
@@ -312,14 +414,16 @@ def patch_sites(
             code, pad = decision
             kind = "inline" if code and code != UD2 else ("bug" if code == UD2 else "nop")
             key = (site.index, site.length, site.clobbers, shape)
-            padded = filled.get(key)
-            if padded is None:
-                if kind == "inline" and not _inline_covers_site(layer, code, site, shape):
+            fitted = filled.get(key)
+            if fitted is None:
+                if kind == "inline" and _identity_undone(layer, code, site, shape):
+                    pieces: list[Piece] = []  # the move back into the argument register undoes the op
+                elif kind == "inline" and not _inline_covers_site(layer, code, site, shape):
                     pieces = _around(padder, shape, (code, pad), shape.saves)
                 else:
                     pieces = [(code, pad)]
-                padded = filled[key] = padder.pad(pieces, site.length)
-            code = padded
+                fitted = filled[key] = padder.fit(pieces, site.length)
+            body, spare = fitted
         else:
             kind, symbol = decision
             if kind == "indirect":
@@ -345,10 +449,16 @@ def patch_sites(
             opcode = b"\xe9" if kind == "jump" else b"\xe8"
             branch = (padder.prefix or b"") * prefixes + opcode + struct.pack("<i", delta)
             if saves or shape.move:
-                code = padder.pad(_around(padder, shape, (branch, ()), saves, pad_saves=False), site.length)
+                body, spare = padder.fit(_around(padder, shape, (branch, ()), saves, pad_saves=False), site.length)
             else:  # the common C site: the call alone
-                code = branch + padder.nops_for(site.length - len(branch))
-        write(site.address, code)
+                body, spare = branch, site.length - len(branch)
+        folded = folder.fold(site, body, spare) if spare else None
+        if folded is None:
+            write(site.address, body + padder.nops_for(spare))
+        else:
+            start, window = folded
+            write(start, window)
+            folds_done[site.address] = Folded(start, start + len(window), body, spare)
         by_kind[kind] += 1
         by_op.setdefault(qualname, Counter())[kind] += 1
     return PatchReport(
@@ -356,6 +466,7 @@ def patch_sites(
         by_kind=dict(sorted(by_kind.items())),
         by_op={name: dict(sorted(kinds.items())) for name, kinds in sorted(by_op.items())},
         table=dict(table),
+        folded=folds_done,
     )
 
 

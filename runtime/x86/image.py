@@ -40,7 +40,18 @@ CFLAGS = (
     "-fno-common",
     "-DPVGEN_IMPL=__attribute__((weak))",
 )
-LDFLAGS = ("-nostdlib", "-static", "-z", "max-page-size=4096", "-z", "noexecstack", "--build-id=none")
+# --emit-relocs keeps the relocations in the image: the fold pass (sitefold.py) needs every
+# reference into code, as objtool does.
+LDFLAGS = (
+    "-nostdlib",
+    "-static",
+    "-z",
+    "max-page-size=4096",
+    "-z",
+    "noexecstack",
+    "--build-id=none",
+    "--emit-relocs",
+)
 
 
 class ImageError(Exception):
@@ -138,8 +149,32 @@ def build_image_from_sources(
             ["ld", *LDFLAGS, f"-Ttext={TEXT_ADDRESS:#x}", "-e", entry, "-o", str(linked), *map(str, objects)],
             f"linking {name}",
         )
+        _add_fold_section(linked, Path(work))
         _install(linked, target)
     return target
+
+
+def _add_fold_section(image: Path, work: Path) -> None:
+    """Records, in the image, the neighbours of each patch site that boot may fold its padding into."""
+    from pvgen.runtime.x86 import sitefold
+    from pvgen.runtime.x86.boot import BootError, read_sites
+
+    try:
+        sites = read_sites(image)
+        if not sites:
+            return
+        rooms = sitefold.analyse(image, [(site.address, site.length) for site in sites])
+    except (BootError, sitefold.FoldError) as error:
+        raise ImageError(f"analysing the patch sites: {error}") from None
+    if shutil.which("objcopy") is None:
+        raise ImageError("'objcopy' is not installed; building x86 images needs GNU binutils")
+    records = work / "fold.bin"
+    records.write_bytes(sitefold.encode(rooms))
+    section = sitefold.FOLD_SECTION
+    _run(
+        ["objcopy", "--add-section", f"{section}={records}", "--set-section-flags", f"{section}=readonly", str(image)],
+        f"adding {section}",
+    )
 
 
 def _compile(source: Path, flags: Sequence[str], headers: str, objects_dir: Path) -> Path:
@@ -176,7 +211,7 @@ def _headers_digest(includes: Sequence[Path]) -> str:
 def _digest(inputs: Sequence[Path], headers: str, flags: Sequence[str], entry: str) -> str:
     h = hashlib.sha256()
     items = (*flags, *LDFLAGS, f"entry={entry}", f"text={TEXT_ADDRESS:#x}", headers)
-    for item in (*items, _tool_version("gcc"), _tool_version("ld")):
+    for item in (*items, _tool_version("gcc"), _tool_version("ld"), _tool_version("objcopy"), _fold_digest()):
         h.update(item.encode() + b"\0")
     for path in inputs:
         h.update(path.name.encode() + b"\0")
@@ -185,6 +220,11 @@ def _digest(inputs: Sequence[Path], headers: str, flags: Sequence[str], entry: s
 
 
 _VERSIONS: dict[str, str] = {}
+
+
+def _fold_digest() -> str:
+    """The fold pass is part of the build: a change to it must rebuild images."""
+    return hashlib.sha256((HERE / "sitefold.py").read_bytes()).hexdigest()
 
 
 def _tool_version(tool: str) -> str:

@@ -474,15 +474,20 @@ def boot_machine(
     def write(address: int, data: bytes) -> None:
         writes.append((address, data))
 
-    report = boot.patch_sites(layer, detected, masked, sites, symbols, read, write, table)
+    folds = boot.read_folds(path)
+    report = boot.patch_sites(layer, detected, masked, sites, symbols, read, write, table, folds)
     if patch:
         for address, data in writes:
             cpu.memory.write(address, data)
         state["sites"] = report.by_kind
         state["site_kinds"] = report.by_op
+        state["site_anchors"] = {address: fold.start for address, fold in report.folded.items()}
+        state["site_folds"] = report.folded
     else:
         state["sites"] = {"indirect": len(sites)} if sites else {}
         state["site_kinds"] = {name: {"indirect": sum(k.values())} for name, k in report.by_op.items()}
+        state["site_anchors"] = {}
+        state["site_folds"] = {}
     state["site_records"] = sites
     state["table"] = table
     state["boot_stats"] = env.stats.since(before)
@@ -592,7 +597,8 @@ def _op_records(state: Mapping[str, Any], image: GuestImage, counts: Mapping[int
     for site in state["site_records"]:
         op = layer.OPS_BY_INDEX.get(site.index)
         if op is not None:
-            site_executions[f"{op.group}.{op.name}"] += counts.get(site.address, 0)
+            anchor = state["site_anchors"].get(site.address, site.address)
+            site_executions[f"{op.group}.{op.name}"] += counts.get(anchor, 0)
     records = {}
     for op in layer.OPS:
         name = f"{op.group}.{op.name}"

@@ -579,6 +579,22 @@ PVGEN_IMPL bool xen_vcpu_stolen(long cpu); /* spec/x86_64/lock.pvspec:63 */
 	".balign 8\n\t"                        \
 	".popsection"
 
+/* The site of an op whose native form is the identity: the result goes back into the
+ * argument register, so that natively the site does nothing at all. */
+#define PVGEN_X86_64_SITE_IN_PLACE             \
+	"771:\n\t"                             \
+	"call *%c[slot](%%rip)\n\t"            \
+	"movq %%rax, %%rdi\n\t"                \
+	"772:\n\t"                             \
+	".pushsection .pvgen.sites, \"a\"\n\t" \
+	".balign 8\n\t"                        \
+	".quad 771b\n\t"                       \
+	".byte %c[type]\n\t"                   \
+	".byte 772b-771b\n\t"                  \
+	".short %c[clobbers]\n\t"              \
+	".balign 8\n\t"                        \
+	".popsection"
+
 /* init.patch: spec/x86_64/init.pvspec:15 */
 PVGEN_INLINE unsigned pv_patch(u8 type, u16 clobber, void *insnbuf, unsigned long addr, unsigned len)
 {
@@ -1717,14 +1733,13 @@ PVGEN_INLINE pteval_t pv_pte_val(pte_t pte)
 	return (pteval_t)pte;
 #else
 	register unsigned long reg_rdi asm("rdi") = (unsigned long)pte;
-	register unsigned long reg_rax asm("rax");
 
-	asm volatile(PVGEN_X86_64_SITE
-	             : "=r" (reg_rax)
+	asm volatile(PVGEN_X86_64_SITE_IN_PLACE
+	             : "+r" (reg_rdi)
 	             : [slot] "i" (&pv_ops.mmu.pte_val), [type] "i" (PV_OP_MMU_PTE_VAL),
-	               [clobbers] "i" (0x001), "r" (reg_rdi)
-	             : "memory", "cc");
-	return (pteval_t)reg_rax;
+	               [clobbers] "i" (0x001)
+	             : "memory", "cc", "rax");
+	return (pteval_t)reg_rdi;
 #endif
 }
 
@@ -1735,14 +1750,13 @@ PVGEN_INLINE pte_t pv_make_pte(pteval_t pte)
 	return (pte_t)pte;
 #else
 	register unsigned long reg_rdi asm("rdi") = (unsigned long)pte;
-	register unsigned long reg_rax asm("rax");
 
-	asm volatile(PVGEN_X86_64_SITE
-	             : "=r" (reg_rax)
+	asm volatile(PVGEN_X86_64_SITE_IN_PLACE
+	             : "+r" (reg_rdi)
 	             : [slot] "i" (&pv_ops.mmu.make_pte), [type] "i" (PV_OP_MMU_MAKE_PTE),
-	               [clobbers] "i" (0x001), "r" (reg_rdi)
-	             : "memory", "cc");
-	return (pte_t)reg_rax;
+	               [clobbers] "i" (0x001)
+	             : "memory", "cc", "rax");
+	return (pte_t)reg_rdi;
 #endif
 }
 
@@ -1753,14 +1767,13 @@ PVGEN_INLINE pgdval_t pv_pgd_val(pgd_t pgd)
 	return (pgdval_t)pgd;
 #else
 	register unsigned long reg_rdi asm("rdi") = (unsigned long)pgd;
-	register unsigned long reg_rax asm("rax");
 
-	asm volatile(PVGEN_X86_64_SITE
-	             : "=r" (reg_rax)
+	asm volatile(PVGEN_X86_64_SITE_IN_PLACE
+	             : "+r" (reg_rdi)
 	             : [slot] "i" (&pv_ops.mmu.pgd_val), [type] "i" (PV_OP_MMU_PGD_VAL),
-	               [clobbers] "i" (0x001), "r" (reg_rdi)
-	             : "memory", "cc");
-	return (pgdval_t)reg_rax;
+	               [clobbers] "i" (0x001)
+	             : "memory", "cc", "rax");
+	return (pgdval_t)reg_rdi;
 #endif
 }
 
@@ -1771,14 +1784,13 @@ PVGEN_INLINE pgd_t pv_make_pgd(pgdval_t pgd)
 	return (pgd_t)pgd;
 #else
 	register unsigned long reg_rdi asm("rdi") = (unsigned long)pgd;
-	register unsigned long reg_rax asm("rax");
 
-	asm volatile(PVGEN_X86_64_SITE
-	             : "=r" (reg_rax)
+	asm volatile(PVGEN_X86_64_SITE_IN_PLACE
+	             : "+r" (reg_rdi)
 	             : [slot] "i" (&pv_ops.mmu.make_pgd), [type] "i" (PV_OP_MMU_MAKE_PGD),
-	               [clobbers] "i" (0x001), "r" (reg_rdi)
-	             : "memory", "cc");
-	return (pgd_t)reg_rax;
+	               [clobbers] "i" (0x001)
+	             : "memory", "cc", "rax");
+	return (pgd_t)reg_rdi;
 #endif
 }
 
@@ -1806,14 +1818,13 @@ PVGEN_INLINE pmdval_t pv_pmd_val(pmd_t pmd)
 	return (pmdval_t)pmd;
 #else
 	register unsigned long reg_rdi asm("rdi") = (unsigned long)pmd;
-	register unsigned long reg_rax asm("rax");
 
-	asm volatile(PVGEN_X86_64_SITE
-	             : "=r" (reg_rax)
+	asm volatile(PVGEN_X86_64_SITE_IN_PLACE
+	             : "+r" (reg_rdi)
 	             : [slot] "i" (&pv_ops.mmu.pmd_val), [type] "i" (PV_OP_MMU_PMD_VAL),
-	               [clobbers] "i" (0x001), "r" (reg_rdi)
-	             : "memory", "cc");
-	return (pmdval_t)reg_rax;
+	               [clobbers] "i" (0x001)
+	             : "memory", "cc", "rax");
+	return (pmdval_t)reg_rdi;
 #endif
 }
 
@@ -1824,14 +1835,13 @@ PVGEN_INLINE pmd_t pv_make_pmd(pmdval_t pmd)
 	return (pmd_t)pmd;
 #else
 	register unsigned long reg_rdi asm("rdi") = (unsigned long)pmd;
-	register unsigned long reg_rax asm("rax");
 
-	asm volatile(PVGEN_X86_64_SITE
-	             : "=r" (reg_rax)
+	asm volatile(PVGEN_X86_64_SITE_IN_PLACE
+	             : "+r" (reg_rdi)
 	             : [slot] "i" (&pv_ops.mmu.make_pmd), [type] "i" (PV_OP_MMU_MAKE_PMD),
-	               [clobbers] "i" (0x001), "r" (reg_rdi)
-	             : "memory", "cc");
-	return (pmd_t)reg_rax;
+	               [clobbers] "i" (0x001)
+	             : "memory", "cc", "rax");
+	return (pmd_t)reg_rdi;
 #endif
 }
 
@@ -1842,14 +1852,13 @@ PVGEN_INLINE pudval_t pv_pud_val(pud_t pud)
 	return (pudval_t)pud;
 #else
 	register unsigned long reg_rdi asm("rdi") = (unsigned long)pud;
-	register unsigned long reg_rax asm("rax");
 
-	asm volatile(PVGEN_X86_64_SITE
-	             : "=r" (reg_rax)
+	asm volatile(PVGEN_X86_64_SITE_IN_PLACE
+	             : "+r" (reg_rdi)
 	             : [slot] "i" (&pv_ops.mmu.pud_val), [type] "i" (PV_OP_MMU_PUD_VAL),
-	               [clobbers] "i" (0x001), "r" (reg_rdi)
-	             : "memory", "cc");
-	return (pudval_t)reg_rax;
+	               [clobbers] "i" (0x001)
+	             : "memory", "cc", "rax");
+	return (pudval_t)reg_rdi;
 #endif
 }
 
@@ -1860,14 +1869,13 @@ PVGEN_INLINE pud_t pv_make_pud(pudval_t pud)
 	return (pud_t)pud;
 #else
 	register unsigned long reg_rdi asm("rdi") = (unsigned long)pud;
-	register unsigned long reg_rax asm("rax");
 
-	asm volatile(PVGEN_X86_64_SITE
-	             : "=r" (reg_rax)
+	asm volatile(PVGEN_X86_64_SITE_IN_PLACE
+	             : "+r" (reg_rdi)
 	             : [slot] "i" (&pv_ops.mmu.make_pud), [type] "i" (PV_OP_MMU_MAKE_PUD),
-	               [clobbers] "i" (0x001), "r" (reg_rdi)
-	             : "memory", "cc");
-	return (pud_t)reg_rax;
+	               [clobbers] "i" (0x001)
+	             : "memory", "cc", "rax");
+	return (pud_t)reg_rdi;
 #endif
 }
 
@@ -1895,14 +1903,13 @@ PVGEN_INLINE p4dval_t pv_p4d_val(p4d_t p4d)
 	return (p4dval_t)p4d;
 #else
 	register unsigned long reg_rdi asm("rdi") = (unsigned long)p4d;
-	register unsigned long reg_rax asm("rax");
 
-	asm volatile(PVGEN_X86_64_SITE
-	             : "=r" (reg_rax)
+	asm volatile(PVGEN_X86_64_SITE_IN_PLACE
+	             : "+r" (reg_rdi)
 	             : [slot] "i" (&pv_ops.mmu.p4d_val), [type] "i" (PV_OP_MMU_P4D_VAL),
-	               [clobbers] "i" (0x001), "r" (reg_rdi)
-	             : "memory", "cc");
-	return (p4dval_t)reg_rax;
+	               [clobbers] "i" (0x001)
+	             : "memory", "cc", "rax");
+	return (p4dval_t)reg_rdi;
 #endif
 }
 
@@ -1913,14 +1920,13 @@ PVGEN_INLINE p4d_t pv_make_p4d(p4dval_t p4d)
 	return (p4d_t)p4d;
 #else
 	register unsigned long reg_rdi asm("rdi") = (unsigned long)p4d;
-	register unsigned long reg_rax asm("rax");
 
-	asm volatile(PVGEN_X86_64_SITE
-	             : "=r" (reg_rax)
+	asm volatile(PVGEN_X86_64_SITE_IN_PLACE
+	             : "+r" (reg_rdi)
 	             : [slot] "i" (&pv_ops.mmu.make_p4d), [type] "i" (PV_OP_MMU_MAKE_P4D),
-	               [clobbers] "i" (0x001), "r" (reg_rdi)
-	             : "memory", "cc");
-	return (p4d_t)reg_rax;
+	               [clobbers] "i" (0x001)
+	             : "memory", "cc", "rax");
+	return (p4d_t)reg_rdi;
 #endif
 }
 

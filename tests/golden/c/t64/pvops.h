@@ -113,6 +113,22 @@ PVGEN_IMPL void xen_iret(void); /* tests/data/small.pvspec:55 */
 	".balign 8\n\t"                        \
 	".popsection"
 
+/* The site of an op whose native form is the identity: the result goes back into the
+ * argument register, so that natively the site does nothing at all. */
+#define PVGEN_T64_SITE_IN_PLACE                \
+	"771:\n\t"                             \
+	"call *%c[slot](%%rip)\n\t"            \
+	"movq %%rax, %%rdi\n\t"                \
+	"772:\n\t"                             \
+	".pushsection .pvgen.sites, \"a\"\n\t" \
+	".balign 8\n\t"                        \
+	".quad 771b\n\t"                       \
+	".byte %c[type]\n\t"                   \
+	".byte 772b-771b\n\t"                  \
+	".short %c[clobbers]\n\t"              \
+	".balign 8\n\t"                        \
+	".popsection"
+
 /* irq.save_fl: tests/data/small.pvspec:12 */
 PVGEN_INLINE unsigned long pv_save_fl(void)
 {
@@ -154,14 +170,13 @@ PVGEN_INLINE unsigned long pv_pte_val(unsigned long pte)
 	return (unsigned long)pte;
 #else
 	register unsigned long reg_rdi asm("rdi") = (unsigned long)pte;
-	register unsigned long reg_rax asm("rax");
 
-	asm volatile(PVGEN_T64_SITE
-	             : "=r" (reg_rax)
+	asm volatile(PVGEN_T64_SITE_IN_PLACE
+	             : "+r" (reg_rdi)
 	             : [slot] "i" (&pv_ops.irq.pte_val), [type] "i" (PV_OP_IRQ_PTE_VAL),
-	               [clobbers] "i" (0x000), "r" (reg_rdi)
-	             : "memory", "cc");
-	return (unsigned long)reg_rax;
+	               [clobbers] "i" (0x000)
+	             : "memory", "cc", "rax");
+	return (unsigned long)reg_rdi;
 #endif
 }
 
