@@ -481,14 +481,14 @@ def format_tables(data: dict[str, Any]) -> list[tuple[str, list[str]]]:
 
     lines = [
         f"{'workload':<10}{'sites':>6}{'site execs':>11}{'call execs':>11}{'pad bytes':>10}{'NOPs exec':>10}"
-        f"{'NOP bytes':>10}{'empty execs':>12}{'folded':>8}{'left':>6}{'+insns':>8}{'other':>8}{'+cycles':>9}"
+        f"{'NOP bytes':>10}{'empty execs':>12}{'folded':>8}{'left':>8}{'+insns':>8}{'other':>8}{'+cycles':>9}"
     ]
     for row in data["native_overhead"]:
         s = row["sites"]
         lines.append(
             f"{row['workload']:<10}{s['sites']:>6}{s['site_executions']:>11,}{s['call_executions']:>11,}"
             f"{s['pad_prefix_bytes_executed']:>10,}{s['nop_insns_executed']:>10,}{s['nop_bytes_executed']:>10,}"
-            f"{s['natively_empty_executions']:>12,}{s['folded_executions']:>8,}{_pct(row['unfolded_ratio']):>6}"
+            f"{s['natively_empty_executions']:>12,}{s['folded_executions']:>8,}{_pct(row['unfolded_ratio']):>8}"
             f"{row['extra_instructions']:>8,}{row['other_instructions']:>8,}{row['extra_cycles']:>9,.0f}"
         )
     tables.append(("1b. Where the patched remainder comes from (bare metal)", lines))
