@@ -242,3 +242,33 @@ def test_without_a_pad_prefix_nothing_folds() -> None:
     buffer = Buffer(MOV + SITE + ADD)
     folder = boot._Folder(Padder(tuple(layer.NOPS), None, 0), {room.site: room}, buffer.read)
     assert folder.fold(SiteRecord(room.site, 1, 6, 0x1FF), b"", 6) is None
+
+
+def test_a_stale_record_is_refused_with_its_address() -> None:
+    """A record that does not match the bytes (the image changed after the pass) is a BootError."""
+    room = FoldRoom(TEXT + 3, Neighbour(TEXT, 3, 1, False), ())
+    folder = boot._Folder(Padder.of(layer), {room.site: room}, Buffer(MOV + SITE + ADD).read)
+    with pytest.raises(boot.BootError, match=r"site at 0xffffffff81000003: the \.pvgen\.fold record of the"):
+        folder.fold(SiteRecord(room.site, 1, 6, 0x1FF), b"", 6)
+
+
+def test_a_malformed_section_is_a_boot_error(cases: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
+    image, _ = cases
+    bad = tmp_path / "bad-fold.elf"
+    (tmp_path / "fold.bin").write_bytes(b"\0" * 17)
+    subprocess.run(
+        ["objcopy", "--add-section", f".pvgen.fold={tmp_path / 'fold.bin'}", str(image), str(bad)], check=True
+    )
+    with pytest.raises(boot.BootError, match=r"bad-fold\.elf: \.pvgen\.fold is 17 bytes, not a whole number"):
+        boot.read_folds(bad)
+
+
+def test_an_image_without_relocations_is_refused(cases: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
+    """Without the relocations (`ld --emit-relocs`) the pass cannot see what data refers to, so
+    it records nothing rather than something unsafe."""
+    image, _ = cases
+    stripped = tmp_path / "stripped.elf"
+    subprocess.run(["objcopy", "--remove-relocations=*", str(image), str(stripped)], check=True)
+    sites = [(s.address, s.length) for s in boot.read_sites(image)]
+    with pytest.raises(sitefold.FoldError, match=r"stripped\.elf: no relocations for \.pvgen\.sites; link the image"):
+        sitefold.analyse(stripped, sites)

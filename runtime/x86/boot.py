@@ -273,6 +273,17 @@ class _Folder:
     def _room(self, neighbour: Neighbour) -> int:
         return max(0, min(self.padder.limit - neighbour.prefixes, X86_MAX_INSTRUCTION - neighbour.length))
 
+    def _bytes(self, site: SiteRecord, neighbour: Neighbour) -> bytes:
+        """A neighbour's instruction, refused if it is not what the build recorded."""
+        code = self.read(neighbour.address, neighbour.length)
+        if legacy_prefix_count(code) != neighbour.prefixes or legacy_prefix_count(code) == len(code):
+            raise BootError(
+                f"site at {site.address:#x}: the {FOLD_SECTION} record of the instruction at "
+                f"{neighbour.address:#x} does not match its bytes {code.hex(' ')} (the image changed after the "
+                "fold pass)"
+            )
+        return code
+
     def fold(self, site: SiteRecord, body: bytes, spare: int) -> tuple[int, bytes] | None:
         """(where the rewritten run starts, its bytes) with `spare` bytes of padding folded away,
         or None when the neighbours cannot take all of it (the site keeps its NOPs)."""
@@ -285,7 +296,7 @@ class _Folder:
         if not body and before is not None and before.address not in self.claimed:
             take = min(self._room(before), remaining)
             if take:
-                start, out = before.address, bytearray(prefix * take + self.read(before.address, before.length))
+                start, out = before.address, bytearray(prefix * take + self._bytes(site, before))
                 used.append(before.address)
                 remaining -= take
         for neighbour in room.after:
@@ -294,7 +305,7 @@ class _Folder:
             take = min(self._room(neighbour), remaining)
             if neighbour.address in self.claimed or (neighbour.pc_relative and take != remaining):
                 return None
-            out += prefix * take + self.read(neighbour.address, neighbour.length)
+            out += prefix * take + self._bytes(site, neighbour)
             used.append(neighbour.address)
             remaining -= take
         if remaining:

@@ -96,11 +96,16 @@ def analyse(path: str | Path, sites: Iterable[tuple[int, int]]) -> list[FoldRoom
             ]
             ranges = [(start, start + len(data)) for start, data in code]
             referenced = set(_symbol_addresses(elf))
+            if elf.get_section_by_name(".rela" + SITES_SECTION) is None:
+                # Without relocations nothing says what data refers to in code: no neighbour is safe.
+                raise FoldError(f"no relocations for {SITES_SECTION}; link the image with --emit-relocs")
             for section in elf.iter_sections():
                 # The site records name every site; that is no reason to keep a site's start.
                 if isinstance(section, RelocationSection) and section.name != ".rela" + SITES_SECTION:
                     referenced.update(_relocation_targets(elf, section))
-    except (ELFError, OSError, struct.error, ValueError, KeyError) as error:
+    except FoldError as error:
+        raise FoldError(f"{path}: {error}") from None
+    except (ELFError, OSError, struct.error, ValueError, KeyError, IndexError, AttributeError) as error:
         raise FoldError(f"{path}: cannot read the ELF image: {error}") from None
     instructions: dict[int, _Insn] = {}
     ends: dict[int, _Insn] = {}
@@ -159,9 +164,13 @@ def _symbol_addresses(elf: object) -> Iterable[int]:
 def _relocation_targets(elf: object, section: object) -> Iterable[int]:
     """S + A of every relocation the linker kept, but for PC-relative ones inside code (the
     decoder finds those targets exactly; their addend also counts the bytes after the field)."""
+    from elftools.elf.sections import SymbolTableSection
+
     target_section = elf.get_section(section["sh_info"])  # type: ignore[attr-defined]
     in_code = bool(target_section["sh_flags"] & _SHF_EXECINSTR)
     symbols = elf.get_section(section["sh_link"])  # type: ignore[attr-defined]
+    if not isinstance(symbols, SymbolTableSection):
+        raise FoldError(f"relocation section {section.name} has no symbol table")  # type: ignore[attr-defined]
     for relocation in section.iter_relocations():  # type: ignore[attr-defined]
         if in_code and relocation["r_info_type"] not in _ABSOLUTE_RELOCS:
             continue
