@@ -429,9 +429,14 @@ def pad_room(arch: ir.Arch, prefixable: Iterable[tuple[int, int, int]]) -> tuple
     past the longest instruction the ISA decodes."""
     if arch.pad_prefix is None:
         return ()
-    limit = arch.pad_prefix_limit
-    rooms = ((offset, min(limit - prefixes, ir.X86_MAX_INSTRUCTION - size)) for offset, size, prefixes in prefixable)
+    rooms = ((offset, prefix_room(arch.pad_prefix_limit, size, prefixes)) for offset, size, prefixes in prefixable)
     return tuple((offset, room) for offset, room in rooms if room > 0)
+
+
+def prefix_room(limit: int, size: int, prefixes: int) -> int:
+    """How many pad prefixes an instruction of `size` bytes with `prefixes` legacy prefixes may
+    take: up to the per-instruction limit, and never past the longest instruction x86 decodes."""
+    return max(0, min(limit - prefixes, ir.X86_MAX_INSTRUCTION - size))
 
 
 def declared_mnemonics(arch: str, text: str) -> list[str]:

@@ -28,8 +28,7 @@ import attrs
 from pvgen.runtime.x86.sitefold import FOLD_SECTION, SITES_SECTION, FoldError, FoldRoom, Neighbour
 from pvgen.runtime.x86.sitefold import decode as decode_folds
 
-from pvgen.assemble import legacy_prefix_count
-from pvgen.ir import X86_MAX_INSTRUCTION
+from pvgen.assemble import legacy_prefix_count, prefix_room
 
 TABLE_SYMBOL = "pv_ops"
 RECORD = struct.Struct("<QBBH4x")  # instr address, op index, site length, clobbers; 16 bytes
@@ -173,18 +172,22 @@ class Folded:
     pad: int  # the padding bytes the neighbours took
 
 
-def read_sites(path: str | Path) -> list[SiteRecord]:
-    """The records of the image's `.pvgen.sites` section (none if it has no such section)."""
+def _section_data(path: str | Path, name: str) -> bytes:
+    """The bytes of one section of an ELF image (none if it has no such section)."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
     try:
         with Path(path).open("rb") as stream:
-            elf = ELFFile(stream)
-            section = elf.get_section_by_name(SITES_SECTION)
-            data = section.data() if section is not None else b""
+            section = ELFFile(stream).get_section_by_name(name)
+            return section.data() if section is not None else b""
     except (ELFError, OSError, struct.error, ValueError) as error:
         raise BootError(f"{path}: cannot read the ELF image: {error}") from None
+
+
+def read_sites(path: str | Path) -> list[SiteRecord]:
+    """The records of the image's `.pvgen.sites` section (none if it has no such section)."""
+    data = _section_data(path, SITES_SECTION)
     if len(data) % RECORD.size:
         size = RECORD.size
         raise BootError(f"{path}: {SITES_SECTION} is {len(data)} bytes, not a whole number of {size}-byte records")
@@ -271,7 +274,7 @@ class _Folder:
         self.claimed: set[int] = set()
 
     def _room(self, neighbour: Neighbour) -> int:
-        return max(0, min(self.padder.limit - neighbour.prefixes, X86_MAX_INSTRUCTION - neighbour.length))
+        return prefix_room(self.padder.limit, neighbour.length, neighbour.prefixes)
 
     def _bytes(self, site: SiteRecord, neighbour: Neighbour) -> bytes:
         """A neighbour's instruction, refused if it is not what the build recorded."""
@@ -316,16 +319,8 @@ class _Folder:
 
 def read_folds(path: str | Path) -> dict[int, FoldRoom]:
     """The fold rooms of the image's `.pvgen.fold` section, by site (none if it has no such section)."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
     try:
-        with Path(path).open("rb") as stream:
-            section = ELFFile(stream).get_section_by_name(FOLD_SECTION)
-            data = section.data() if section is not None else b""
-        return decode_folds(data)
-    except (ELFError, OSError, struct.error, ValueError) as error:
-        raise BootError(f"{path}: cannot read the ELF image: {error}") from None
+        return decode_folds(_section_data(path, FOLD_SECTION))
     except FoldError as error:
         raise BootError(f"{path}: {error}") from None
 
@@ -342,7 +337,7 @@ def _identity_undone(layer: ModuleType, code: bytes, site: SiteRecord, shape: Si
     if code != layer.IDENTITY_TEMPLATE or shape.saves or not layer.ARG_REGISTERS:
         return False
     returns = layer.RETURN_REGISTERS[0]
-    if not site.clobbers >> layer.CLOBBER_BITS[returns] & 1 or returns != "rax":
+    if returns != "rax" or not site.clobbers >> layer.CLOBBER_BITS[returns] & 1:
         return False
     return shape.move == _move_from_rax(GPR64.index(layer.ARG_REGISTERS[0]))
 
